@@ -1,0 +1,62 @@
+//! Redis key and channel names, all under one configurable prefix so that several Airlock
+//! installations (or parallel tests) can share one Redis.
+
+/// Default prefix for every Redis key Airlock writes.
+pub const DEFAULT_PREFIX: &str = "airlock";
+
+/// Names of the Redis keys and channels used to distribute config snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisNames {
+    prefix: String,
+}
+
+impl RedisNames {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// String key holding one environment's [`crate::wire::EnvironmentSnapshot`] as JSON.
+    pub fn environment_snapshot(&self, environment_id: &uuid::Uuid) -> String {
+        format!("{}:snapshot:env:{}", self.prefix, environment_id)
+    }
+
+    /// Hash: environment id -> revision of its published snapshot. Lets a data plane load
+    /// every snapshot at start and detect missed notifications without `KEYS`.
+    pub fn snapshot_index(&self) -> String {
+        format!("{}:snapshot:index", self.prefix)
+    }
+
+    /// Pub/sub channel; each message is the id of an environment whose snapshot changed.
+    pub fn config_channel(&self) -> String {
+        format!("{}:config:changed", self.prefix)
+    }
+}
+
+impl Default for RedisNames {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_carry_the_prefix() {
+        let names = RedisNames::new("t1");
+        let id = uuid::Uuid::nil();
+        assert_eq!(
+            names.environment_snapshot(&id),
+            "t1:snapshot:env:00000000-0000-0000-0000-000000000000"
+        );
+        assert_eq!(names.snapshot_index(), "t1:snapshot:index");
+        assert_eq!(names.config_channel(), "t1:config:changed");
+    }
+}

@@ -1,0 +1,123 @@
+//! Wire types shared by the planes: the config snapshot and the gateway error body.
+//!
+//! The control plane builds one [`EnvironmentSnapshot`] per environment from the database and
+//! publishes it (in-process under `airlock dev`, through Redis otherwise). The data plane
+//! compiles it once and serves every request from that immutable compiled form.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::api_key::ApiKeyHash;
+use crate::seal::SealedSecret;
+
+/// Everything a data plane needs to serve one environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentSnapshot {
+    pub tenant_id: Uuid,
+    pub environment_id: Uuid,
+    /// Strictly increasing per environment; a data plane never replaces a snapshot with an
+    /// older revision (notifications can arrive out of order).
+    pub revision: i64,
+    /// Functions of the tenant, by name. Defined once per tenant, run in this environment.
+    pub functions: BTreeMap<String, FunctionSpec>,
+    /// Current version of each secret of this environment, by name, sealed.
+    pub secrets: BTreeMap<String, SealedSecret>,
+    /// API keys of this environment.
+    pub api_keys: Vec<ApiKeyGrant>,
+}
+
+/// A trained function as stored: the template sources. See [`crate::template`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionSpec {
+    pub id: Uuid,
+    pub name: String,
+    /// HTTP method, upper case.
+    pub method: String,
+    /// Absolute `http(s)` URL template; scheme and authority are literal.
+    pub url: String,
+    /// Header name and value template, in order.
+    pub headers: Vec<HeaderSpec>,
+    /// JSON body template, if the function sends a body.
+    pub body: Option<String>,
+    /// Upstream timeout (connect + whole response), milliseconds.
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeaderSpec {
+    pub name: String,
+    pub value: String,
+}
+
+/// An API key as the data plane knows it: its hash and what it may invoke.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKeyGrant {
+    pub id: Uuid,
+    pub name: String,
+    pub hash: ApiKeyHash,
+    /// Function names this key may invoke; `*` grants every function.
+    pub functions: Vec<String>,
+}
+
+impl ApiKeyGrant {
+    /// Whether this key may invoke `function`.
+    pub fn allows(&self, function: &str) -> bool {
+        self.functions.iter().any(|f| f == "*" || f == function)
+    }
+}
+
+/// Default upstream timeout when a function does not set one.
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+
+/// Body of every error the data plane itself produces:
+/// `{"error":{"code":"...","message":"...","requestId":"..."}}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayErrorBody {
+    pub error: GatewayErrorDetail,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayErrorDetail {
+    pub code: String,
+    pub message: String,
+    pub request_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grant_matches_exact_names_and_star_only() {
+        let grant = ApiKeyGrant {
+            id: Uuid::nil(),
+            name: "k".into(),
+            hash: ApiKeyHash::of("k"),
+            functions: vec!["get_user".into()],
+        };
+        assert!(grant.allows("get_user"));
+        assert!(!grant.allows("get_user_admin"));
+        assert!(!grant.allows("get"));
+        let all = ApiKeyGrant {
+            functions: vec!["*".into()],
+            ..grant
+        };
+        assert!(all.allows("anything"));
+    }
+
+    #[test]
+    fn error_body_uses_camel_case() {
+        let body = GatewayErrorBody {
+            error: GatewayErrorDetail {
+                code: "unauthorized".into(),
+                message: "m".into(),
+                request_id: "r".into(),
+            },
+        };
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["error"]["requestId"], "r");
+    }
+}
