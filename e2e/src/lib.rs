@@ -1,1 +1,376 @@
+//! Harness for Airlock's end-to-end tests: starts the real binaries (`airlock`,
+//! `airlock-data-plane`) and real peers (httpbin under gunicorn, PostgreSQL, Redis), all on
+//! 127.0.0.1, each test with its own ports, data dir, database and Redis prefix.
+//!
+//! The binaries must be built first (`cargo build --bins`; `scripts/test` does it).
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// How long a process may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A free TCP port on 127.0.0.1 (the listener is closed again before the port is used).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Path of a workspace binary next to the running test executable (`target/debug/`).
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/<test> -> target/debug/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not found: build the binaries first (`cargo build --bins`)",
+        path.display()
+    );
+    path
+}
+
+/// A child process that is killed when dropped. Its stdout and stderr go to files.
+pub struct Process {
+    name: String,
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Process {
+    /// Spawn `command`, sending its output to `<log_dir>/<name>.log`.
+    pub fn spawn(name: &str, mut command: Command, log_dir: &Path) -> Result<Self> {
+        let log_path = log_dir.join(format!("{name}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = command
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            child,
+            log_path,
+        })
+    }
+
+    /// Everything the process printed so far.
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// Fail if the process has exited.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited with {status}; output:\n{}",
+                self.name,
+                self.output()
+            );
+        }
+        Ok(())
+    }
+
+    /// Send SIGTERM and wait for the process to exit, returning its exit status.
+    pub fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                self.child.kill()?;
+                bail!("{} did not exit within 10 s of SIGTERM", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `url` until it answers 200, while checking `process` is still alive.
+pub async fn wait_ready(url: &str, process: &mut Process) -> Result<()> {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        process.check_running()?;
+        if let Ok(resp) = client.get(url).send().await {
+            if resp.status().is_success() {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{url} not ready after {READY_TIMEOUT:?}; output:\n{}",
+                process.output()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// httpbin (the PyPI package) served by gunicorn on a free port: a real upstream API.
+pub struct Httpbin {
+    pub url: String,
+    /// gunicorn's access log: one raw request line (`POST /path?query HTTP/1.1`) per request,
+    /// exactly as it arrived on the wire (httpbin's own answers show decoded URLs).
+    pub access_log: PathBuf,
+    _process: Process,
+}
+
+impl Httpbin {
+    /// Raw request lines received so far.
+    pub fn request_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub async fn start(log_dir: &Path) -> Result<Self> {
+        let port = free_port();
+        let access_log = log_dir.join("httpbin-access.log");
+        let mut command = Command::new("gunicorn");
+        command
+            .arg("--access-logfile")
+            .arg(&access_log)
+            .args(["--access-logformat", "%(r)s"]);
+        command.args([
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--workers",
+            "2",
+            "--threads",
+            "8",
+            "--log-level",
+            "warning",
+            "httpbin:app",
+        ]);
+        let mut process = Process::spawn("httpbin", command, log_dir)?;
+        let url = format!("http://127.0.0.1:{port}");
+        wait_ready(&format!("{url}/get"), &mut process).await?;
+        Ok(Self {
+            url,
+            access_log,
+            _process: process,
+        })
+    }
+}
+
+/// A PostgreSQL database of its own, dropped at the end of the test.
+pub struct PostgresDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl PostgresDb {
+    pub fn create() -> Result<Self> {
+        let name = format!("airlock_e2e_{}", uuid::Uuid::new_v4().simple());
+        psql(&format!("CREATE DATABASE {name}"))?;
+        Ok(Self {
+            url: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            name,
+        })
+    }
+}
+
+impl Drop for PostgresDb {
+    fn drop(&mut self) {
+        let _ = psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
+fn psql(sql: &str) -> Result<()> {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .context("running psql")?;
+    if !out.status.success() {
+        bail!("psql failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A running Airlock: either `airlock dev` (one process) or `airlock serve` +
+/// `airlock-data-plane` over Redis.
+pub struct Airlock {
+    pub control_url: String,
+    pub data_url: String,
+    pub admin_token: String,
+    pub data_dir: tempfile::TempDir,
+    pub processes: Vec<Process>,
+    client: reqwest::Client,
+}
+
+impl Airlock {
+    /// `airlock dev`: both planes in one process, SQLite, no Redis.
+    pub async fn dev() -> Result<Self> {
+        let data_dir = tempfile::tempdir()?;
+        let (control_port, data_port) = (free_port(), free_port());
+        let mut command = Command::new(binary("airlock"));
+        command
+            .arg("dev")
+            .arg("--data-dir")
+            .arg(data_dir.path().join("state"))
+            .args(["--control-addr", &format!("127.0.0.1:{control_port}")])
+            .args(["--data-addr", &format!("127.0.0.1:{data_port}")])
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env("RUST_LOG", "debug");
+        let mut process = Process::spawn("airlock-dev", command, data_dir.path())?;
+        let control_url = format!("http://127.0.0.1:{control_port}");
+        let data_url = format!("http://127.0.0.1:{data_port}");
+        wait_ready(&format!("{control_url}/healthz"), &mut process).await?;
+        wait_ready(&format!("{data_url}/healthz"), &mut process).await?;
+        let admin_token = read_token(&data_dir.path().join("state"))?;
+        Ok(Self {
+            control_url,
+            data_url,
+            admin_token,
+            data_dir,
+            processes: vec![process],
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// `airlock serve` and `airlock-data-plane` as separate processes over Redis, with
+    /// PostgreSQL as the database.
+    pub async fn split(database_url: &str, redis_prefix: &str) -> Result<Self> {
+        let data_dir = tempfile::tempdir()?;
+        let key_file = data_dir.path().join("seal.key");
+        let keygen = Command::new(binary("airlock"))
+            .arg("keygen")
+            .arg("--out")
+            .arg(&key_file)
+            .output()?;
+        if !keygen.status.success() {
+            bail!("airlock keygen failed: {}", String::from_utf8_lossy(&keygen.stderr));
+        }
+        let stdout = String::from_utf8(keygen.stdout)?;
+        let public_key = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("AIRLOCK_SEAL_PUBLIC_KEY="))
+            .context("keygen printed no AIRLOCK_SEAL_PUBLIC_KEY= line")?
+            .trim()
+            .to_string();
+
+        let (control_port, data_port) = (free_port(), free_port());
+        let mut serve = Command::new(binary("airlock"));
+        serve
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(data_dir.path().join("state"))
+            .args(["--control-addr", &format!("127.0.0.1:{control_port}")])
+            .env("DATABASE_URL", database_url)
+            .env("REDIS_URL", "redis://127.0.0.1:6379")
+            .env("AIRLOCK_REDIS_PREFIX", redis_prefix)
+            .env("AIRLOCK_SEAL_PUBLIC_KEY", &public_key)
+            .env("RUST_LOG", "debug");
+        let mut control = Process::spawn("airlock-serve", serve, data_dir.path())?;
+        let control_url = format!("http://127.0.0.1:{control_port}");
+        wait_ready(&format!("{control_url}/healthz"), &mut control).await?;
+
+        let mut dp = Command::new(binary("airlock-data-plane"));
+        dp.args(["--listen", &format!("127.0.0.1:{data_port}")])
+            .env("REDIS_URL", "redis://127.0.0.1:6379")
+            .env("AIRLOCK_REDIS_PREFIX", redis_prefix)
+            .env("AIRLOCK_SEAL_KEY_FILE", &key_file)
+            .env("RUST_LOG", "debug");
+        let mut data = Process::spawn("airlock-data-plane", dp, data_dir.path())?;
+        let data_url = format!("http://127.0.0.1:{data_port}");
+        wait_ready(&format!("{data_url}/healthz"), &mut data).await?;
+
+        let admin_token = read_token(&data_dir.path().join("state"))?;
+        Ok(Self {
+            control_url,
+            data_url,
+            admin_token,
+            data_dir,
+            processes: vec![control, data],
+            client: reqwest::Client::new(),
+        })
+    }
+
+    /// Run a GraphQL operation with the admin token; returns the whole response body.
+    pub async fn graphql(&self, query: &str, variables: Value) -> Result<Value> {
+        let resp = self
+            .client
+            .post(format!("{}/graphql", self.control_url))
+            .bearer_auth(&self.admin_token)
+            .json(&json!({"query": query, "variables": variables}))
+            .send()
+            .await?;
+        Ok(resp.json().await?)
+    }
+
+    /// Run a GraphQL operation that must succeed; returns its `data`.
+    pub async fn graphql_ok(&self, query: &str, variables: Value) -> Result<Value> {
+        let body = self.graphql(query, variables).await?;
+        if body.get("errors").is_some() {
+            bail!("GraphQL errors: {body}");
+        }
+        Ok(body["data"].clone())
+    }
+
+    /// `POST /v1/functions/{name}/invoke` with `key` and a raw body.
+    pub async fn invoke_raw(
+        &self,
+        function: &str,
+        key: Option<&str>,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<reqwest::Response> {
+        let mut request = self
+            .client
+            .post(format!("{}/v1/functions/{function}/invoke", self.data_url))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        Ok(request.send().await?)
+    }
+
+    /// Invoke with JSON arguments.
+    pub async fn invoke(&self, function: &str, key: &str, args: Value) -> Result<reqwest::Response> {
+        self.invoke_raw(function, Some(key), args.to_string()).await
+    }
+
+    /// Everything the Airlock processes printed so far (for leak scans and failure reports).
+    pub fn logs(&self) -> String {
+        self.processes.iter().map(Process::output).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Fail if any Airlock process died.
+    pub fn check_running(&mut self) -> Result<()> {
+        self.processes.iter_mut().try_for_each(Process::check_running)
+    }
+}
+
+fn read_token(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("admin-token");
+    let token = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(token.trim().to_string())
+}
