@@ -198,13 +198,27 @@ impl PostgresDb {
 
 impl Drop for PostgresDb {
     fn drop(&mut self) {
-        let _ = psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        let _ = psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
     }
 }
 
 fn psql(sql: &str) -> Result<()> {
     let out = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "test", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "test",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ])
         .output()
         .context("running psql")?;
     if !out.status.success() {
@@ -266,7 +280,10 @@ impl Airlock {
             .arg(&key_file)
             .output()?;
         if !keygen.status.success() {
-            bail!("airlock keygen failed: {}", String::from_utf8_lossy(&keygen.stderr));
+            bail!(
+                "airlock keygen failed: {}",
+                String::from_utf8_lossy(&keygen.stderr)
+            );
         }
         let stdout = String::from_utf8(keygen.stdout)?;
         let public_key = stdout
@@ -353,24 +370,35 @@ impl Airlock {
     }
 
     /// Invoke with JSON arguments.
-    pub async fn invoke(&self, function: &str, key: &str, args: Value) -> Result<reqwest::Response> {
+    pub async fn invoke(
+        &self,
+        function: &str,
+        key: &str,
+        args: Value,
+    ) -> Result<reqwest::Response> {
         self.invoke_raw(function, Some(key), args.to_string()).await
     }
 
     /// Everything the Airlock processes printed so far (for leak scans and failure reports).
     pub fn logs(&self) -> String {
-        self.processes.iter().map(Process::output).collect::<Vec<_>>().join("\n")
+        self.processes
+            .iter()
+            .map(Process::output)
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// Fail if any Airlock process died.
     pub fn check_running(&mut self) -> Result<()> {
-        self.processes.iter_mut().try_for_each(Process::check_running)
+        self.processes
+            .iter_mut()
+            .try_for_each(Process::check_running)
     }
 }
 
 fn read_token(data_dir: &Path) -> Result<String> {
     let path = data_dir.join("admin-token");
-    let token = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let token =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(token.trim().to_string())
 }

@@ -33,7 +33,9 @@ struct Fixture {
 }
 
 async fn setup(airlock: &Airlock, httpbin: &Httpbin) -> Result<Fixture> {
-    let tenant = airlock.graphql_ok(CREATE_TENANT, json!({"name": "acme"})).await?;
+    let tenant = airlock
+        .graphql_ok(CREATE_TENANT, json!({"name": "acme"}))
+        .await?;
     let tenant_id = tenant["createTenant"]["id"].as_str().unwrap().to_string();
     let env = airlock
         .graphql_ok(CREATE_ENV, json!({"t": tenant_id, "name": "prod"}))
@@ -64,18 +66,27 @@ async fn setup(airlock: &Airlock, httpbin: &Httpbin) -> Result<Fixture> {
 
     let token = format!("canary-token-{}", uuid::Uuid::new_v4().simple());
     let secret = airlock
-        .graphql_ok(SET_SECRET, json!({"e": env_id, "name": "TOKEN", "value": token}))
+        .graphql_ok(
+            SET_SECRET,
+            json!({"e": env_id, "name": "TOKEN", "value": token}),
+        )
         .await?;
     assert_eq!(secret["setSecret"]["version"], 1);
 
     let key_all = airlock
-        .graphql_ok(CREATE_KEY, json!({"e": env_id, "name": "all", "functions": ["*"]}))
+        .graphql_ok(
+            CREATE_KEY,
+            json!({"e": env_id, "name": "all", "functions": ["*"]}),
+        )
         .await?["createApiKey"]["key"]
         .as_str()
         .unwrap()
         .to_string();
     let key_bearer_only = airlock
-        .graphql_ok(CREATE_KEY, json!({"e": env_id, "name": "bearer-only", "functions": ["bearer"]}))
+        .graphql_ok(
+            CREATE_KEY,
+            json!({"e": env_id, "name": "bearer-only", "functions": ["bearer"]}),
+        )
         .await?["createApiKey"]["key"]
         .as_str()
         .unwrap()
@@ -91,7 +102,9 @@ async fn setup(airlock: &Airlock, httpbin: &Httpbin) -> Result<Fixture> {
 
 /// The secret reaches httpbin's `/bearer` in the Authorization header.
 async fn bearer_gets_secret_injected(airlock: &Airlock, f: &Fixture) -> Result<()> {
-    let resp = airlock.invoke("bearer", &f.key_bearer_only, json!({})).await?;
+    let resp = airlock
+        .invoke("bearer", &f.key_bearer_only, json!({}))
+        .await?;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().contains_key("x-airlock-request-id"));
     assert!(resp.headers()["content-type"]
@@ -119,7 +132,11 @@ async fn arguments_are_encoded_where_they_land(
         "percent %2F already",
     ] {
         let resp = airlock
-            .invoke("anything", &f.key_all, json!({"x": x, "n": 42, "h": "header value"}))
+            .invoke(
+                "anything",
+                &f.key_all,
+                json!({"x": x, "n": 42, "h": "header value"}),
+            )
             .await?;
         assert_eq!(resp.status(), 200, "x = {x:?}");
         let body: Value = resp.json().await?;
@@ -198,46 +215,65 @@ async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> Resul
 
 /// Every gateway error status of the issue, with its JSON body.
 async fn gateway_errors(airlock: &Airlock, f: &Fixture) -> Result<()> {
-    expect_error(airlock.invoke_raw("bearer", None, "{}").await?, 401, "unauthorized").await?;
     expect_error(
-        airlock.invoke("bearer", "ak_not-a-real-key", json!({})).await?,
+        airlock.invoke_raw("bearer", None, "{}").await?,
         401,
         "unauthorized",
     )
     .await?;
     expect_error(
-        airlock.invoke("anything", &f.key_bearer_only, json!({})).await?,
+        airlock
+            .invoke("bearer", "ak_not-a-real-key", json!({}))
+            .await?,
+        401,
+        "unauthorized",
+    )
+    .await?;
+    expect_error(
+        airlock
+            .invoke("anything", &f.key_bearer_only, json!({}))
+            .await?,
         403,
         "forbidden",
     )
     .await?;
     // A key limited to other functions cannot find out whether a function exists.
     expect_error(
-        airlock.invoke("no_such_function", &f.key_bearer_only, json!({})).await?,
+        airlock
+            .invoke("no_such_function", &f.key_bearer_only, json!({}))
+            .await?,
         403,
         "forbidden",
     )
     .await?;
     expect_error(
-        airlock.invoke("no_such_function", &f.key_all, json!({})).await?,
+        airlock
+            .invoke("no_such_function", &f.key_all, json!({}))
+            .await?,
         404,
         "function_not_found",
     )
     .await?;
     expect_error(
-        airlock.invoke_raw("anything", Some(&f.key_all), "{not json").await?,
+        airlock
+            .invoke_raw("anything", Some(&f.key_all), "{not json")
+            .await?,
         400,
         "invalid_json",
     )
     .await?;
     expect_error(
-        airlock.invoke_raw("anything", Some(&f.key_all), "[1, 2]").await?,
+        airlock
+            .invoke_raw("anything", Some(&f.key_all), "[1, 2]")
+            .await?,
         400,
         "invalid_json",
     )
     .await?;
     let body = expect_error(
-        airlock.invoke("anything", &f.key_all, json!({"n": 1, "h": "v"})).await?,
+        airlock
+            .invoke("anything", &f.key_all, json!({"n": 1, "h": "v"}))
+            .await?,
         400,
         "missing_argument",
     )
@@ -256,23 +292,35 @@ async fn gateway_errors(airlock: &Airlock, f: &Fixture) -> Result<()> {
         "upstream_timeout",
     )
     .await?;
-    assert!(started.elapsed() < Duration::from_millis(2500), "timeout not applied");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "timeout not applied"
+    );
     // A missing secret fails closed: an error, never a request with an empty value.
     let body = expect_error(
-        airlock.invoke("needs_missing_secret", &f.key_all, json!({})).await?,
+        airlock
+            .invoke("needs_missing_secret", &f.key_all, json!({}))
+            .await?,
         500,
         "secret_unavailable",
     )
     .await?;
-    assert!(body["error"]["message"].as_str().unwrap().contains("NOT_SET"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("NOT_SET"));
     Ok(())
 }
 
 /// A change through GraphQL is live in the data plane within one second, without a restart.
-async fn changes_are_live_within_one_second(airlock: &Airlock, f: &Fixture) -> Result<()> {
+/// Returns the rotated secret value (another canary).
+async fn changes_are_live_within_one_second(airlock: &Airlock, f: &Fixture) -> Result<String> {
     let rotated = format!("canary-rotated-{}", uuid::Uuid::new_v4().simple());
     airlock
-        .graphql_ok(SET_SECRET, json!({"e": f.env_id, "name": "TOKEN", "value": rotated}))
+        .graphql_ok(
+            SET_SECRET,
+            json!({"e": f.env_id, "name": "TOKEN", "value": rotated}),
+        )
         .await?;
     let changed = Instant::now();
     loop {
@@ -284,13 +332,19 @@ async fn changes_are_live_within_one_second(airlock: &Airlock, f: &Fixture) -> R
         if body["token"] == rotated.as_str() {
             break;
         }
-        assert!(changed.elapsed() < Duration::from_secs(1), "rotation not live after 1 s");
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "rotation not live after 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // A key created now works within one second too.
     let key = airlock
-        .graphql_ok(CREATE_KEY, json!({"e": f.env_id, "name": "late", "functions": ["bearer"]}))
+        .graphql_ok(
+            CREATE_KEY,
+            json!({"e": f.env_id, "name": "late", "functions": ["bearer"]}),
+        )
         .await?["createApiKey"]["key"]
         .as_str()
         .unwrap()
@@ -302,11 +356,13 @@ async fn changes_are_live_within_one_second(airlock: &Airlock, f: &Fixture) -> R
             break;
         }
         assert_eq!(status, 401);
-        assert!(created.elapsed() < Duration::from_secs(1), "new key not live after 1 s");
+        assert!(
+            created.elapsed() < Duration::from_secs(1),
+            "new key not live after 1 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let _ = &f.tenant_id;
-    Ok(())
+    Ok(rotated)
 }
 
 /// Bad GraphQL input gets a stable code and writes nothing.
@@ -386,16 +442,33 @@ async fn secrets_never_leave_the_vault(airlock: &Airlock, f: &Fixture) -> Result
     Ok(())
 }
 
-async fn run_all(airlock: &mut Airlock, httpbin: &Httpbin) -> Result<()> {
+/// Runs every scenario; returns the secret values and keys planted (canaries to scan for).
+async fn run_all(airlock: &mut Airlock, httpbin: &Httpbin) -> Result<Vec<String>> {
     let fixture = setup(airlock, httpbin).await?;
     bearer_gets_secret_injected(airlock, &fixture).await?;
     arguments_are_encoded_where_they_land(airlock, httpbin, &fixture).await?;
     gateway_errors(airlock, &fixture).await?;
     bad_graphql_input_changes_nothing(airlock, &fixture).await?;
-    changes_are_live_within_one_second(airlock, &fixture).await?;
+    let rotated = changes_are_live_within_one_second(airlock, &fixture).await?;
     secrets_never_leave_the_vault(airlock, &fixture).await?;
     airlock.check_running()?;
-    Ok(())
+    Ok(vec![
+        fixture.token,
+        rotated,
+        fixture.key_all,
+        fixture.key_bearer_only,
+    ])
+}
+
+fn assert_no_canary(haystack: &[u8], canaries: &[String], place: &str) {
+    for canary in canaries {
+        assert!(
+            !haystack
+                .windows(canary.len())
+                .any(|w| w == canary.as_bytes()),
+            "a secret value or API key is stored in plaintext in {place}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -406,7 +479,32 @@ async fn dev_mode_one_process() -> Result<()> {
     if result.is_err() {
         eprintln!("--- airlock output ---\n{}", airlock.logs());
     }
-    result
+    let canaries = result?;
+
+    // The bootstrap admin token file is private to its owner.
+    use std::os::unix::fs::PermissionsExt;
+    let state = airlock.data_dir.path().join("state");
+    let mode = std::fs::metadata(state.join("admin-token"))?
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "admin-token mode {mode:o}");
+    let mode = std::fs::metadata(state.join("seal.key"))?
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "seal.key mode {mode:o}");
+
+    // Neither the SQLite database (with its WAL) nor anything else in the data dir holds a
+    // secret value or an API key in plaintext.
+    airlock.processes[0].terminate()?;
+    for entry in std::fs::read_dir(&state)? {
+        let path = entry?.path();
+        assert_no_canary(
+            &std::fs::read(&path)?,
+            &canaries,
+            &path.display().to_string(),
+        );
+    }
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,19 +517,46 @@ async fn split_mode_over_redis_and_postgres() -> Result<()> {
     if result.is_err() {
         eprintln!("--- airlock output ---\n{}", airlock.logs());
     }
-    // Clean up this test's Redis keys.
+
+    // Every Redis key and value of this installation, and a dump of the whole database,
+    // hold no secret value or API key in plaintext.
     let client = redis::Client::open("redis://127.0.0.1:6379")?;
     let mut conn = client.get_multiplexed_async_connection().await?;
     let keys: Vec<String> = redis::cmd("KEYS")
         .arg(format!("{prefix}:*"))
         .query_async(&mut conn)
         .await?;
-    if !keys.is_empty() {
-        redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await?;
+    let mut redis_dump = Vec::new();
+    for key in &keys {
+        let kind: String = redis::cmd("TYPE").arg(key).query_async(&mut conn).await?;
+        let value: Vec<u8> = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(key).query_async(&mut conn).await?,
+            "hash" => redis::cmd("HGETALL")
+                .arg(key)
+                .query_async::<Vec<Vec<u8>>>(&mut conn)
+                .await?
+                .concat(),
+            other => panic!("unexpected Redis type {other} for {key}"),
+        };
+        redis_dump.extend_from_slice(key.as_bytes());
+        redis_dump.extend_from_slice(&value);
     }
-    drop(airlock);
-    drop(db);
-    result
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    let canaries = result?;
+    assert!(!keys.is_empty(), "no snapshot was published to Redis");
+    assert_no_canary(&redis_dump, &canaries, "Redis");
+    let dump = std::process::Command::new("pg_dump")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "--data-only", &db.name])
+        .output()?;
+    assert!(dump.status.success(), "pg_dump failed");
+    assert!(dump.stdout.len() > 100, "empty database dump");
+    assert_no_canary(&dump.stdout, &canaries, "PostgreSQL");
+    Ok(())
 }
 
 /// A data plane restarted with no control plane running still loads every snapshot from Redis.
