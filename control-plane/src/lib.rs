@@ -1,1 +1,225 @@
+//! Airlock control plane: the GraphQL configuration API over the database, and publishing of
+//! config snapshots to data planes. `airlock dev` also runs a data plane in the same process.
+//!
+//! - [`run`] starts a command from a validated [`config::Config`];
+//! - [`app`] is the HTTP router (GraphQL, GraphiQL, health), testable without a socket;
+//! - [`graphql::build_schema`] is the schema, testable with `schema.execute`.
 
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod db;
+mod dev;
+pub mod domain;
+pub mod entity;
+pub mod error;
+pub mod files;
+pub mod graphql;
+pub mod http;
+pub mod publish;
+pub mod state;
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::Context;
+use axum::Router;
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+
+use crate::config::{Config, ControlConfig, DevConfig, ServeConfig};
+use crate::domain::admin_tokens;
+use crate::publish::{ConfigPublisher, InProcessTransport, RedisTransport};
+use crate::state::AppState;
+
+/// The HTTP application: `/graphql` (POST: authenticated GraphQL, GET: GraphiQL), `/healthz`,
+/// `/readyz`.
+pub fn app(state: AppState) -> Router {
+    http::router(state)
+}
+
+/// Log to stderr (stdout carries the ready lines scripts wait for). `RUST_LOG` overrides the
+/// default `info` level.
+pub fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::Layer as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // `airlock dev` runs a data plane in this process: keep Pingora's DEBUG output (which can
+    // show rendered upstream URLs) out of the log, as the data-plane binary does.
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(airlock_data_plane::hide_pingora_debug_logs()),
+        )
+        .try_init();
+}
+
+/// Run one command until it finishes (servers: until Ctrl-C or SIGTERM).
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    match config {
+        Config::Keygen(keygen) => {
+            let public = files::keygen(&keygen.out)?;
+            println!("AIRLOCK_SEAL_PUBLIC_KEY={}", public.to_base64());
+            Ok(())
+        }
+        Config::Dev(dev) => run_dev(dev).await,
+        Config::Serve(serve) => run_serve(serve).await,
+    }
+}
+
+async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
+    let data_dir = &config.control.data_dir;
+    files::ensure_data_dir(data_dir)?;
+    let (opening_key, created) =
+        files::load_or_create_opening_key(&data_dir.join(files::SEAL_KEY_FILE))?;
+    if created {
+        tracing::info!(path = %data_dir.join(files::SEAL_KEY_FILE).display(), "created the dev seal key");
+    }
+    let db = open_database(&config.control).await?;
+    let token = bootstrap_admin_token(&db, data_dir).await?;
+
+    let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let state = AppState {
+        publisher: ConfigPublisher::new(db.clone(), InProcessTransport::new(sender)),
+        sealing_key: opening_key.sealing_key().clone(),
+        db: db.clone(),
+    };
+    // Queued in the channel; the data plane starts from them.
+    let environments = state.publisher.publish_all().await?;
+    tracing::info!(environments, "published every environment");
+
+    let listener = bind(config.control.control_addr).await?;
+    let data_plane = dev::start_data_plane(
+        config.data_addr,
+        opening_key,
+        receiver,
+        config.upstream_ca_file.clone(),
+    )
+    .await?;
+    println!("control plane: http://{}/graphql", listener.local_addr()?);
+    println!("data plane: http://{}", data_plane.listen_addr());
+    print_admin_token(token, data_dir);
+
+    let served = serve(listener, state).await;
+    dev::stop_data_plane(data_plane).await;
+    db.close().await.context("closing the database")?;
+    served
+}
+
+async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
+    let data_dir = &config.control.data_dir;
+    files::ensure_data_dir(data_dir)?;
+    let db = open_database(&config.control).await?;
+    let token = bootstrap_admin_token(&db, data_dir).await?;
+
+    let transport = RedisTransport::connect(&config.redis_url, config.redis_names.clone())
+        .await
+        .context("cannot connect to Redis (REDIS_URL)")?;
+    let state = AppState {
+        publisher: ConfigPublisher::new(db.clone(), transport),
+        sealing_key: config.sealing_key.clone(),
+        db: db.clone(),
+    };
+    let environments = state.publisher.publish_all().await?;
+    tracing::info!(
+        environments,
+        prefix = config.redis_names.prefix(),
+        "published every environment to Redis"
+    );
+
+    let listener = bind(config.control.control_addr).await?;
+    println!("control plane: http://{}/graphql", listener.local_addr()?);
+    print_admin_token(token, data_dir);
+
+    let served = serve(listener, state).await;
+    db.close().await.context("closing the database")?;
+    served
+}
+
+/// Connect and migrate. Errors name the setting, never the URL (it may hold a password).
+async fn open_database(config: &ControlConfig) -> anyhow::Result<DatabaseConnection> {
+    let url = config.database_url();
+    let what = if config.database_url.is_some() {
+        "the database (DATABASE_URL)".to_string()
+    } else {
+        format!("the database in {}", config.data_dir.display())
+    };
+    db::connect(&url)
+        .await
+        .with_context(|| format!("cannot open {what}"))
+}
+
+/// On first start, create the admin token and store it in `<data-dir>/admin-token` (0600).
+async fn bootstrap_admin_token(
+    db: &DatabaseConnection,
+    data_dir: &Path,
+) -> anyhow::Result<Option<admin_tokens::NewAdminToken>> {
+    let token = admin_tokens::ensure_bootstrap(db)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot create the admin token: {}", e.detail()))?;
+    if let Some(token) = &token {
+        let path = files::admin_token_path(data_dir);
+        files::replace_private(&path, &format!("{}\n", token.plaintext))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(token)
+}
+
+fn print_admin_token(token: Option<admin_tokens::NewAdminToken>, data_dir: &Path) {
+    let path = files::admin_token_path(data_dir);
+    match token {
+        // Shown this once; the database only has its hash.
+        Some(token) => println!("admin token: {}", token.plaintext),
+        None if path.is_file() => println!("admin token: stored in {}", path.display()),
+        None => println!(
+            "admin token: created on an earlier start (not in {})",
+            path.display()
+        ),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Serve until Ctrl-C or SIGTERM, then finish in-flight requests.
+async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("control plane server failed")
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("interrupted, shutting down"),
+        () = terminate => tracing::info!("SIGTERM received, shutting down"),
+    }
+}

@@ -1,1 +1,45 @@
-fn main() {}
+//! `airlock-data-plane`: the standalone data plane, fed from Redis.
+
+use std::process::ExitCode;
+
+use airlock_data_plane::config::{Cli, SEAL_KEY_ENV};
+use clap::Parser as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("airlock-data-plane: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let config = cli.into_config(std::env::var(SEAL_KEY_ENV).ok())?;
+    let handle = airlock_data_plane::spawn(config)?;
+    println!(
+        "airlock-data-plane listening on http://{}",
+        handle.listen_addr()
+    );
+    airlock_data_plane::wait_for_shutdown_signal()?;
+    handle.shutdown();
+    Ok(())
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(airlock_data_plane::hide_pingora_debug_logs()),
+        )
+        .init();
+}

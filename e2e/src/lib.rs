@@ -140,13 +140,20 @@ pub struct Httpbin {
 }
 
 impl Httpbin {
-    /// Raw request lines received so far.
-    pub fn request_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.access_log)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect()
+    /// The last raw request line containing `needle`. gunicorn writes its access log just
+    /// after the response has gone out, so this waits briefly for the line to appear.
+    pub async fn request_line_containing(&self, needle: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = std::fs::read_to_string(&self.access_log).unwrap_or_default();
+            if let Some(line) = log.lines().rev().find(|l| l.contains(needle)) {
+                return Ok(line.to_string());
+            }
+            if Instant::now() > deadline {
+                bail!("httpbin received no request containing {needle:?}; access log:\n{log}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn start(log_dir: &Path) -> Result<Self> {

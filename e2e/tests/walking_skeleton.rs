@@ -91,6 +91,9 @@ async fn setup(airlock: &Airlock, httpbin: &Httpbin) -> Result<Fixture> {
         .as_str()
         .unwrap()
         .to_string();
+    // Configuration reaches the data plane asynchronously; within a second by contract.
+    wait_until_key_works(airlock, &key_bearer_only, "bearer").await?;
+    wait_until_key_works(airlock, &key_all, "bearer").await?;
     Ok(Fixture {
         tenant_id,
         env_id,
@@ -98,6 +101,23 @@ async fn setup(airlock: &Airlock, httpbin: &Httpbin) -> Result<Fixture> {
         key_bearer_only,
         token,
     })
+}
+
+/// Poll until `key` may invoke `function`; fails if that takes more than one second.
+async fn wait_until_key_works(airlock: &Airlock, key: &str, function: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        let status = airlock.invoke(function, key, json!({})).await?.status();
+        if status == 200 {
+            return Ok(());
+        }
+        assert_eq!(status, 401, "unexpected status while waiting for a new key");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "new key not live after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The secret reaches httpbin's `/bearer` in the Authorization header.
@@ -150,12 +170,7 @@ async fn arguments_are_encoded_where_they_land(
         assert_eq!(body["json"]["n"], 42);
         // Path: one percent-encoded segment, as it arrived on the wire.
         let marker = format!("q={}&", percent_encode(x));
-        let line = httpbin
-            .request_lines()
-            .into_iter()
-            .rev()
-            .find(|l| l.contains(&marker))
-            .unwrap_or_else(|| panic!("no request line with {marker}"));
+        let line = httpbin.request_line_containing(&marker).await?;
         let path = line
             .strip_prefix("POST /anything/")
             .and_then(|rest| rest.split_once('?'))
@@ -349,19 +364,7 @@ async fn changes_are_live_within_one_second(airlock: &Airlock, f: &Fixture) -> R
         .as_str()
         .unwrap()
         .to_string();
-    let created = Instant::now();
-    loop {
-        let status = airlock.invoke("bearer", &key, json!({})).await?.status();
-        if status == 200 {
-            break;
-        }
-        assert_eq!(status, 401);
-        assert!(
-            created.elapsed() < Duration::from_secs(1),
-            "new key not live after 1 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_key_works(airlock, &key, "bearer").await?;
     Ok(rotated)
 }
 

@@ -1,1 +1,55 @@
+//! Database migrations for the Airlock control plane.
+//!
+//! One file per migration, applied in order by [`Migrator`]. Migrations name tables and
+//! columns by string, never by entity type: an entity describes the schema as the code wants
+//! it today, a migration describes it as it was when the migration was written, and the two
+//! must be free to drift apart.
+//!
+//! Every id is a UUID and every timestamp is `timestamp with time zone` (text on SQLite).
+//! No table holds a secret value or an API key in plaintext: secrets are stored sealed
+//! (`secret_versions.sealed`), keys and admin tokens as SHA-256 hashes.
 
+pub use sea_orm_migration::prelude::*;
+
+mod m20260401_000001_create_tenants;
+mod m20260401_000002_create_environments;
+mod m20260401_000003_create_functions;
+mod m20260401_000004_create_secrets;
+mod m20260401_000005_create_secret_versions;
+mod m20260401_000006_create_api_keys;
+mod m20260401_000007_create_admin_tokens;
+
+/// Applies the Airlock schema: `Migrator::up(&db, None)`.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20260401_000001_create_tenants::Migration),
+            Box::new(m20260401_000002_create_environments::Migration),
+            Box::new(m20260401_000003_create_functions::Migration),
+            Box::new(m20260401_000004_create_secrets::Migration),
+            Box::new(m20260401_000005_create_secret_versions::Migration),
+            Box::new(m20260401_000006_create_api_keys::Migration),
+            Box::new(m20260401_000007_create_admin_tokens::Migration),
+        ]
+    }
+}
+
+/// Foreign key from `table.column` to `parent.id`. Deleting a parent deletes what belongs to
+/// it (an environment's secrets go with the environment), so no orphan can keep a sealed
+/// secret or a key hash alive.
+pub(crate) fn belongs_to(
+    table: &'static str,
+    column: &'static str,
+    parent: &'static str,
+) -> ForeignKeyCreateStatement {
+    ForeignKey::create()
+        .name(format!("fk_{table}_{column}"))
+        .from(table, column)
+        .to(parent, "id")
+        .on_delete(ForeignKeyAction::Cascade)
+        .on_update(ForeignKeyAction::Cascade)
+        .to_owned()
+}

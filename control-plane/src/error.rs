@@ -1,0 +1,205 @@
+//! Every error a client can see, and the one place where each becomes a GraphQL error or an
+//! HTTP response with a stable `extensions.code`.
+//!
+//! Resolvers must not turn an [`AppError`] into a GraphQL error with a bare `?`: async-graphql
+//! accepts anything that implements `Display` and would drop the code. They use
+//! [`GraphqlResultExt::gql`] instead.
+
+use airlock_shared::template::TemplateError;
+use async_graphql::ErrorExtensions;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sea_orm::DbErr;
+
+/// What went wrong with a request.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// No admin token, or one the database does not know.
+    #[error("a valid admin token is required (Authorization: Bearer <token>)")]
+    Unauthenticated,
+    /// An input field failed validation. `field` is its GraphQL name.
+    #[error("{field}: {message}")]
+    InvalidInput {
+        field: &'static str,
+        message: String,
+    },
+    /// A name that must be unique is taken.
+    #[error("{kind} `{name}` already exists")]
+    AlreadyExists { kind: &'static str, name: String },
+    /// An id that names nothing (or nothing visible to the caller).
+    #[error("{kind} `{id}` not found")]
+    NotFound { kind: &'static str, id: String },
+    /// A function definition failed template checks; carries the template error's own code.
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    /// Anything else. The client sees a generic message; the detail is logged.
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+/// Generic message shown for [`AppError::Internal`].
+const INTERNAL_MESSAGE: &str = "internal error";
+
+impl AppError {
+    /// Shorthand for [`AppError::InvalidInput`].
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            field,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`AppError::Internal`].
+    pub fn internal(error: impl Into<anyhow::Error>) -> Self {
+        Self::Internal(error.into())
+    }
+
+    /// Stable machine-readable code (`extensions.code`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::InvalidInput { .. } => "INVALID_INPUT",
+            Self::AlreadyExists { .. } => "ALREADY_EXISTS",
+            Self::NotFound { .. } => "NOT_FOUND",
+            Self::Template(e) => e.code(),
+            Self::Internal(_) => "INTERNAL",
+        }
+    }
+
+    /// HTTP status when the error ends a request outside GraphQL execution.
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::InvalidInput { .. } | Self::Template(_) => StatusCode::BAD_REQUEST,
+            Self::AlreadyExists { .. } => StatusCode::CONFLICT,
+            Self::NotFound { .. } => StatusCode::NOT_FOUND,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Full description for logs and startup errors (internal details included). Never send
+    /// this to a client.
+    pub fn detail(&self) -> String {
+        match self {
+            Self::Internal(detail) => format!("{detail:#}"),
+            other => other.to_string(),
+        }
+    }
+
+    /// The message a client sees. Internal details are logged here, never returned.
+    fn client_message(&self) -> String {
+        match self {
+            Self::Internal(_) => {
+                tracing::error!(error = self.detail(), "internal error");
+                INTERNAL_MESSAGE.to_string()
+            }
+            other => other.to_string(),
+        }
+    }
+
+    /// The GraphQL error: client message plus `extensions.code` (and `extensions.field` for
+    /// invalid input).
+    pub fn to_graphql(&self) -> async_graphql::Error {
+        let code = self.code();
+        let field = match self {
+            Self::InvalidInput { field, .. } => Some(*field),
+            _ => None,
+        };
+        async_graphql::Error::new(self.client_message()).extend_with(|_, ext| {
+            ext.set("code", code);
+            if let Some(field) = field {
+                ext.set("field", field);
+            }
+        })
+    }
+}
+
+impl From<DbErr> for AppError {
+    fn from(error: DbErr) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+impl ErrorExtensions for AppError {
+    fn extend(&self) -> async_graphql::Error {
+        self.to_graphql()
+    }
+}
+
+impl IntoResponse for AppError {
+    /// A GraphQL-shaped error body (`{"errors":[{"message","extensions":{"code"}}]}`), so
+    /// GraphQL clients can show it like any other error.
+    fn into_response(self) -> Response {
+        let status = self.http_status();
+        let body = serde_json::json!({
+            "errors": [{
+                "message": self.client_message(),
+                "extensions": { "code": self.code() },
+            }]
+        });
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self, Self::Unauthenticated) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// Turns a domain result into a resolver result, keeping the error code.
+pub trait GraphqlResultExt<T> {
+    /// Map the error with [`AppError::to_graphql`].
+    fn gql(self) -> async_graphql::Result<T>;
+}
+
+impl<T> GraphqlResultExt<T> for Result<T, AppError> {
+    fn gql(self) -> async_graphql::Result<T> {
+        self.map_err(|e| e.to_graphql())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn extensions(error: &async_graphql::Error) -> serde_json::Value {
+        serde_json::to_value(error.extensions.as_ref().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn invalid_input_carries_code_and_field() {
+        let error = AppError::invalid("name", "must not be empty").to_graphql();
+        assert_eq!(error.message, "name: must not be empty");
+        let ext = extensions(&error);
+        assert_eq!(ext["code"], "INVALID_INPUT");
+        assert_eq!(ext["field"], "name");
+    }
+
+    #[test]
+    fn template_errors_keep_their_code() {
+        let error = AppError::from(TemplateError::BadMethod("BREW".into())).to_graphql();
+        assert_eq!(extensions(&error)["code"], "INVALID_METHOD");
+        assert!(error.message.contains("BREW"));
+    }
+
+    #[test]
+    fn internal_errors_hide_the_detail() {
+        let error = AppError::internal(anyhow::anyhow!("connection to 10.0.0.7 refused"));
+        let graphql = error.to_graphql();
+        assert_eq!(graphql.message, "internal error");
+        assert_eq!(extensions(&graphql)["code"], "INTERNAL");
+    }
+
+    #[tokio::test]
+    async fn unauthenticated_is_a_401_with_a_graphql_body() {
+        let response = AppError::Unauthenticated.into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(body["errors"][0]["extensions"]["code"], "UNAUTHENTICATED");
+    }
+}

@@ -1,0 +1,105 @@
+//! `POST /graphql` (authenticated) and `GET /graphql` (GraphiQL).
+
+use async_graphql::http::{receive_body, GraphiQLSource, MultipartOptions};
+use async_graphql::Value;
+use async_graphql_axum::GraphQLResponse;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use tracing::Instrument;
+
+use super::{HttpState, MAX_BODY_BYTES};
+use crate::domain::admin_tokens;
+use crate::error::AppError;
+
+/// GraphiQL. The page itself needs no token; its requests do (set `Authorization` in its
+/// Headers tab).
+pub(crate) async fn graphiql() -> Html<String> {
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .title("Airlock")
+            .finish(),
+    )
+}
+
+/// Authenticate, then execute one GraphQL request. Follows GraphQL-over-HTTP: the response is
+/// `application/graphql-response+json`, and a request that fails before execution (parse or
+/// validation error, limits exceeded) gets 400.
+pub(crate) async fn execute(State(http): State<HttpState>, request: Request) -> Response {
+    let token_id = match authenticate(&http, request.headers()).await {
+        Ok(id) => id,
+        Err(error) => return error.into_response(),
+    };
+
+    let content_type = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body = match axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => return payload_too_large(),
+    };
+    // One operation per request: batches would multiply the work one request can cause.
+    let graphql_request = match receive_body(content_type, &body[..], MultipartOptions::default())
+        .await
+    {
+        Ok(request) => request,
+        Err(error) => {
+            return AppError::invalid("request", malformed_request_message(&error)).into_response()
+        }
+    };
+
+    let span = tracing::info_span!("graphql", admin_token = %token_id);
+    let response = http.schema.execute(graphql_request).instrument(span).await;
+    let status = if is_request_error(&response) {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::OK
+    };
+    (status, GraphQLResponse::from(response)).into_response()
+}
+
+/// The admin token's id, from `Authorization: Bearer <token>`.
+async fn authenticate(http: &HttpState, headers: &HeaderMap) -> Result<uuid::Uuid, AppError> {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .ok_or(AppError::Unauthenticated)?;
+    admin_tokens::authenticate(&http.app.db, token)
+        .await?
+        .ok_or(AppError::Unauthenticated)
+}
+
+/// A request error never started executing: there is no data and no error has a path.
+fn is_request_error(response: &async_graphql::Response) -> bool {
+    !response.errors.is_empty()
+        && matches!(response.data, Value::Null)
+        && response.errors.iter().all(|e| e.path.is_empty())
+}
+
+/// Describe a malformed request without echoing its content (it may hold a secret value).
+fn malformed_request_message(error: &async_graphql::ParseRequestError) -> &'static str {
+    use async_graphql::ParseRequestError as E;
+    match error {
+        E::UnsupportedBatch => "batched requests are not supported; send one operation per request",
+        E::InvalidRequest(_) => "the body is not a valid GraphQL request (expected JSON with `query`, optional `variables` and `operationName`)",
+        E::PayloadTooLarge => "the request is too large",
+        _ => "the body is not a valid GraphQL request",
+    }
+}
+
+fn payload_too_large() -> Response {
+    Response::builder()
+        .status(StatusCode::PAYLOAD_TOO_LARGE)
+        .body(Body::from(format!(
+            "request body larger than {MAX_BODY_BYTES} bytes"
+        )))
+        .unwrap_or_else(|_| StatusCode::PAYLOAD_TOO_LARGE.into_response())
+}

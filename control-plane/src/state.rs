@@ -1,0 +1,17 @@
+//! State shared by every request.
+
+use airlock_shared::seal::SealingKey;
+use sea_orm::DatabaseConnection;
+
+use crate::publish::ConfigPublisher;
+
+/// Cheap to clone: the database pool, the publisher and the key are all shared.
+#[derive(Clone)]
+pub struct AppState {
+    /// Source of truth for all configuration.
+    pub db: DatabaseConnection,
+    /// Public key secrets are sealed to. The control plane never holds the opening key.
+    pub sealing_key: SealingKey,
+    /// Publishes changed config to data planes.
+    pub publisher: ConfigPublisher,
+}

@@ -1,0 +1,67 @@
+//! API key authentication and function scope.
+
+use airlock_shared::api_key::ApiKeyHash;
+use http::HeaderMap;
+
+use super::error::GatewayError;
+use crate::snapshot::{KeyBinding, Snapshot};
+
+/// The API key presented as `Authorization: Bearer <key>`. Anything else (no header, several
+/// headers, another scheme, an empty or oddly shaped token) is `None`.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    let value = value.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim_start_matches(' ');
+    let well_formed = scheme.eq_ignore_ascii_case("bearer")
+        && !token.is_empty()
+        && token.bytes().all(|b| b.is_ascii_graphic());
+    well_formed.then_some(token)
+}
+
+/// Find the key, then check it may invoke `function`.
+///
+/// Scope is checked before existence, so a key learns nothing about functions it may not call.
+pub fn authorize(
+    snapshot: &Snapshot,
+    headers: &HeaderMap,
+    function: &str,
+) -> Result<KeyBinding, GatewayError> {
+    let token = bearer_token(headers).ok_or(GatewayError::Unauthorized)?;
+    let binding = snapshot
+        .key(&ApiKeyHash::of(token))
+        .ok_or(GatewayError::Unauthorized)?;
+    if !binding.grant().allows(function) {
+        return Err(GatewayError::Forbidden(function.to_string()));
+    }
+    Ok(binding.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for v in values {
+            map.append(http::header::AUTHORIZATION, v.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token(&headers(&["Bearer ak_abc"])), Some("ak_abc"));
+        assert_eq!(bearer_token(&headers(&["bearer ak_abc"])), Some("ak_abc"));
+        assert_eq!(bearer_token(&headers(&[])), None);
+        assert_eq!(bearer_token(&headers(&["Basic abc"])), None);
+        assert_eq!(bearer_token(&headers(&["Bearer"])), None);
+        assert_eq!(bearer_token(&headers(&["Bearer "])), None);
+        assert_eq!(bearer_token(&headers(&["Bearer a b"])), None);
+        assert_eq!(bearer_token(&headers(&["Bearer a", "Bearer b"])), None);
+    }
+}

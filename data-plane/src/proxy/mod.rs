@@ -1,0 +1,649 @@
+//! The Pingora `ProxyHttp` implementation: the invoke request path.
+//!
+//! Phases, in order:
+//! - `request_filter`: route, authenticate, check scope, read the arguments and render the
+//!   upstream request ([`route`], [`auth`], [`render`]). Every gateway error is answered here.
+//! - `upstream_peer`: resolve the function's host and build the pooled peer ([`upstream`]).
+//! - `upstream_request_filter` / `request_body_filter`: replace the whole upstream request,
+//!   head and body, with the rendered one. Nothing from the client goes upstream.
+//! - `upstream_response_filter` / `response_filter`: drop hop-by-hop headers and `set-cookie`,
+//!   add the request id.
+//! - `fail_to_connect` / `error_while_proxy` / `fail_to_proxy`: retry policy and mapping of
+//!   Pingora errors to gateway errors ([`error`]).
+//! - `logging`: one access log line per request.
+//!
+//! ## Sending the rendered body
+//!
+//! The arguments are the downstream body, so it is read completely in `request_filter`, before
+//! the upstream request exists. Pingora 0.9.1 (`proxy_h1.rs`, `proxy_handle_downstream`) then
+//! only feeds `request_body_filter` when the downstream body is empty or when the session's
+//! retry buffer holds data; a body consumed earlier is otherwise never signalled and the
+//! upstream would wait forever. So the body reader arms Pingora's retry buffer (64 KiB,
+//! `BODY_BUF_LIMIT` in pingora-core) for the last part of the body: Pingora then replays that
+//! buffer through `request_body_filter` with `end_of_stream = true`, where it is swapped for
+//! the rendered body (also on a retry). The upstream head carries the rendered body's
+//! `content-length`. Chunked request bodies have no known end, so they are limited to what
+//! the retry buffer holds.
+
+mod auth;
+pub mod error;
+mod render;
+mod route;
+mod upstream;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType};
+use uuid::Uuid;
+
+use self::error::{json_response_header, GatewayError, REQUEST_ID_HEADER};
+use self::render::Invocation;
+use self::route::Route;
+use self::upstream::Resolver;
+use crate::snapshot::SnapshotStore;
+
+/// Largest accepted invoke body.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Size of Pingora's retry buffer (`BODY_BUF_LIMIT` in pingora-core 0.9.1).
+const RETRY_BUFFER_BYTES: usize = 64 * 1024;
+/// Up to this declared size, an unread body is drained after an error response so the client
+/// reads the response instead of a connection reset; beyond it the connection is closed.
+const DRAIN_LIMIT_BYTES: usize = 8 * MAX_BODY_BYTES;
+/// Per-read timeout while receiving the invoke body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Response headers never passed from the upstream to the client: hop-by-hop headers (framing,
+/// `content-length` / `transfer-encoding`, is Pingora's job) and cookies, which would belong to
+/// the upstream's site and not to the application calling the gateway.
+const DROPPED_RESPONSE_HEADERS: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+    "set-cookie",
+];
+
+/// State shared by every request of one data plane.
+#[derive(Debug)]
+pub(crate) struct GatewayState {
+    pub(crate) store: Arc<SnapshotStore>,
+    resolver: Resolver,
+    in_flight: AtomicUsize,
+    draining: AtomicBool,
+}
+
+impl GatewayState {
+    pub(crate) fn new(store: Arc<SnapshotStore>) -> Self {
+        Self {
+            store,
+            resolver: Resolver::default(),
+            in_flight: AtomicUsize::new(0),
+            draining: AtomicBool::new(false),
+        }
+    }
+
+    /// Requests currently being handled.
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// From now on `/readyz` answers 503, so load balancers move traffic away.
+    pub(crate) fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.store.is_synced() && !self.draining.load(Ordering::Acquire)
+    }
+}
+
+/// Counts a request as in flight for as long as its context lives.
+struct InFlight(Arc<GatewayState>);
+
+impl InFlight {
+    fn new(state: &Arc<GatewayState>) -> Self {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(state.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Per-request state, shared by the phases.
+pub struct RequestCtx {
+    request_id: String,
+    started: Instant,
+    _in_flight: InFlight,
+    function: Option<String>,
+    key_id: Option<Uuid>,
+    environment_id: Option<Uuid>,
+    invocation: Option<Invocation>,
+    /// When the whole upstream exchange must be over (the function's timeout).
+    deadline: Option<Instant>,
+    upstream_status: Option<u16>,
+    /// A gateway error raised inside a Pingora hook, answered as is by `fail_to_proxy`.
+    failure: Option<GatewayError>,
+    /// Code of the gateway error answered, for the access log.
+    error_code: Option<&'static str>,
+}
+
+impl RequestCtx {
+    fn timeout_ms(&self) -> u64 {
+        self.invocation.as_ref().map_or(0, |invocation| {
+            u64::try_from(invocation.timeout.as_millis()).unwrap_or(u64::MAX)
+        })
+    }
+
+    fn remaining(&self) -> Duration {
+        self.deadline
+            .map_or(Duration::ZERO, |deadline| {
+                deadline.saturating_duration_since(Instant::now())
+            })
+            .max(Duration::from_millis(1))
+    }
+}
+
+/// The data plane's proxy logic.
+pub(crate) struct Gateway {
+    state: Arc<GatewayState>,
+}
+
+impl Gateway {
+    pub(crate) fn new(state: Arc<GatewayState>) -> Self {
+        Self { state }
+    }
+
+    /// Steps 1-5 of the request path. `Ok(true)` when a response was already written.
+    async fn prepare(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<bool, GatewayError> {
+        let request = session.req_header();
+        let route = route::route(&request.method, request.uri.path())?;
+        let function = match route {
+            Route::Health => {
+                respond_json(session, ctx, 200, br#"{"status":"ok"}"#).await;
+                return Ok(true);
+            }
+            Route::Ready if self.state.is_ready() => {
+                respond_json(session, ctx, 200, br#"{"status":"ready"}"#).await;
+                return Ok(true);
+            }
+            Route::Ready => return Err(GatewayError::NotReady),
+            Route::Invoke { function } => function,
+        };
+        ctx.function = Some(function.clone());
+
+        let snapshot = self.state.store.load();
+        let binding = auth::authorize(&snapshot, &session.req_header().headers, &function)?;
+        ctx.key_id = Some(binding.grant().id);
+        ctx.environment_id = Some(binding.environment.environment_id);
+        let compiled = binding
+            .environment
+            .function(&function)
+            .ok_or_else(|| GatewayError::FunctionNotFound(function.clone()))?;
+
+        let body = read_invoke_body(session).await?;
+        let args = render::parse_arguments(&body)?;
+        let invocation = render::render(compiled, &binding.environment, &args)?;
+        ctx.deadline = Some(Instant::now() + invocation.timeout);
+        ctx.invocation = Some(invocation);
+        Ok(false)
+    }
+}
+
+/// Read the whole invoke body (see the module docs for why the retry buffer is armed).
+async fn read_invoke_body(session: &mut Session) -> Result<Bytes, GatewayError> {
+    let declared = declared_length(session.req_header())?;
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return Err(GatewayError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    let downstream = session.as_downstream_mut();
+    if downstream.is_body_empty() {
+        return Ok(Bytes::new());
+    }
+    let expects_continue = downstream
+        .req_header()
+        .headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue {
+        downstream
+            .write_continue_response()
+            .await
+            .map_err(|_| GatewayError::BadRequest("the request could not be read"))?;
+    }
+    downstream.set_read_timeout(Some(BODY_READ_TIMEOUT));
+
+    // Arm the 64 KiB retry buffer only once the rest of the body fits in it: it must end up
+    // holding data (so Pingora calls request_body_filter) without being truncated (which
+    // empties it). Pingora reads at most 64 KiB at a time, so the last read lands in it.
+    let arm_at = declared.map_or(0, |len| len.saturating_sub(RETRY_BUFFER_BYTES));
+    let mut armed = false;
+    // Grow as bytes arrive rather than trusting the declared length up front.
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(RETRY_BUFFER_BYTES));
+    loop {
+        if !armed && body.len() >= arm_at {
+            downstream.enable_retry_buffering();
+            armed = true;
+        }
+        let chunk = match downstream.read_request_body().await {
+            Ok(Some(chunk)) => chunk,
+            Ok(None) => break,
+            Err(error) if error.etype() == &ErrorType::ReadTimedout => {
+                return Err(GatewayError::BadRequest(
+                    "timed out reading the request body",
+                ))
+            }
+            Err(_) => {
+                return Err(GatewayError::BadRequest(
+                    "the request body could not be read",
+                ))
+            }
+        };
+        if body.len() + chunk.len() > MAX_BODY_BYTES {
+            return Err(GatewayError::PayloadTooLarge {
+                limit: MAX_BODY_BYTES,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    if !body.is_empty() && downstream.get_retry_buffer().is_none() {
+        return Err(match declared {
+            None => GatewayError::ChunkedBodyTooLarge {
+                limit: RETRY_BUFFER_BYTES,
+            },
+            Some(_) => {
+                tracing::error!(
+                    len = body.len(),
+                    "request body did not land in the retry buffer"
+                );
+                GatewayError::Internal
+            }
+        });
+    }
+    Ok(body.freeze())
+}
+
+/// The body length the client declared with `content-length`, `None` for chunked bodies.
+/// Pingora has already refused ambiguous framing (both headers, conflicting lengths).
+fn declared_length(request: &RequestHeader) -> Result<Option<usize>, GatewayError> {
+    if request.headers.contains_key(header::TRANSFER_ENCODING) {
+        return Ok(None);
+    }
+    match request.headers.get(header::CONTENT_LENGTH) {
+        None => Ok(Some(0)),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map(Some)
+            .ok_or(GatewayError::BadRequest("invalid content-length")),
+    }
+}
+
+/// Write a JSON response the gateway produces itself. A failed write means the client is
+/// gone; there is nobody left to tell.
+async fn respond_json(session: &mut Session, ctx: &RequestCtx, status: u16, body: &'static [u8]) {
+    let written = async {
+        let header = json_response_header(status, &ctx.request_id, body.len())?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session
+            .write_response_body(Some(Bytes::from_static(body)), true)
+            .await
+    };
+    if let Err(error) = written.await {
+        tracing::debug!(request_id = %ctx.request_id, %error, "could not write response");
+    }
+}
+
+/// Write `error` as the response (the one place gateway errors become HTTP).
+async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &GatewayError) {
+    ctx.error_code = Some(error.code());
+    if session
+        .response_written()
+        .is_some_and(|response| !response.status.is_informational())
+    {
+        // The upstream's response head is already out (e.g. the deadline passed mid-body):
+        // the only signal left is the connection closing.
+        return;
+    }
+    if !session.as_downstream_mut().is_body_done() {
+        // Answering before the body is read: by default Pingora then closes the connection,
+        // and a client still uploading sees a reset instead of this answer. Up to a limit,
+        // keep the connection so Pingora drains the rest of the body after the response;
+        // huge or endless bodies are cut off.
+        let drainable = declared_length(session.req_header())
+            .ok()
+            .flatten()
+            .is_some_and(|len| len <= DRAIN_LIMIT_BYTES);
+        let downstream = session.as_downstream_mut();
+        if drainable {
+            downstream.set_close_on_response_before_downstream_finish(false);
+            downstream.set_read_timeout(Some(BODY_READ_TIMEOUT));
+            downstream.set_total_drain_timeout(Some(BODY_READ_TIMEOUT));
+        } else {
+            downstream.set_keepalive(None);
+        }
+    }
+    let body = error.body(&ctx.request_id);
+    let written = async {
+        let header = error.response_header(&ctx.request_id, body.len())?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session.write_response_body(Some(body), true).await
+    };
+    if let Err(write_error) = written.await {
+        tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not write error response");
+    }
+}
+
+fn internal(what: &'static str) -> Box<Error> {
+    Error::explain(ErrorType::InternalError, what)
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: Uuid::now_v7().to_string(),
+            started: Instant::now(),
+            _in_flight: InFlight::new(&self.state),
+            function: None,
+            key_id: None,
+            environment_id: None,
+            invocation: None,
+            deadline: None,
+            upstream_status: None,
+            failure: None,
+            error_code: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        match self.prepare(session, ctx).await {
+            Ok(answered) => Ok(answered),
+            Err(error) => {
+                respond_error(session, ctx, &error).await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        let remaining = ctx.remaining();
+        let invocation = ctx
+            .invocation
+            .as_ref()
+            .ok_or_else(|| internal("no rendered request"))?;
+        match self
+            .state
+            .resolver
+            .resolve(&invocation.host, invocation.port, remaining)
+            .await
+        {
+            Ok(addr) => Ok(Box::new(upstream::peer(invocation, addr, remaining))),
+            Err(error) => {
+                ctx.failure = Some(error);
+                Err(Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    "cannot resolve the upstream host",
+                ))
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        let invocation = ctx
+            .invocation
+            .as_ref()
+            .ok_or_else(|| internal("no rendered request"))?;
+        // A fresh head: method, target, Host and the rendered headers only. Nothing of the
+        // client's request (its Authorization header above all) is carried over.
+        let mut request = RequestHeader::build(
+            invocation.method.clone(),
+            invocation.path_and_query.as_bytes(),
+            Some(invocation.headers.len() + 2),
+        )?;
+        request.insert_header(header::HOST, invocation.authority.clone())?;
+        for (name, value) in &invocation.headers {
+            request.append_header(name.clone(), value.clone())?;
+        }
+        match &invocation.body {
+            Some(body) => request.insert_header(header::CONTENT_LENGTH, body.len().to_string())?,
+            // Without a length Pingora would frame the (replaced) downstream body as chunked.
+            None if matches!(invocation.method.as_str(), "POST" | "PUT" | "PATCH")
+                || !session.as_downstream_mut().is_body_empty() =>
+            {
+                request.insert_header(header::CONTENT_LENGTH, "0")?
+            }
+            None => {}
+        }
+        *upstream_request = request;
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        // The client's bytes are the arguments, never the upstream body: replace them with
+        // the rendered body once, when Pingora signals the end of the downstream body.
+        *body = if end_of_stream {
+            ctx.invocation
+                .as_ref()
+                .and_then(|invocation| invocation.body.clone())
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if upstream_response.status.is_informational() {
+            return Ok(());
+        }
+        ctx.upstream_status = Some(upstream_response.status.as_u16());
+        // Headers the upstream nominated as hop-by-hop go too.
+        let nominated: Vec<String> = upstream_response
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .filter(|name| {
+                !name.is_empty() && name != "content-length" && name != "transfer-encoding"
+            })
+            .collect();
+        for name in DROPPED_RESPONSE_HEADERS
+            .iter()
+            .copied()
+            .chain(nominated.iter().map(String::as_str))
+        {
+            upstream_response.remove_header(name);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        response.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        // Per-read timeouts cannot stop an upstream that trickles; the deadline covers the
+        // whole response.
+        if !end_of_stream
+            && ctx
+                .deadline
+                .is_some_and(|deadline| Instant::now() > deadline)
+        {
+            ctx.failure = Some(GatewayError::UpstreamTimeout {
+                timeout_ms: ctx.timeout_ms(),
+            });
+            return Err(Error::explain(
+                ErrorType::ReadTimedout,
+                "upstream response exceeded the function timeout",
+            )
+            .into_up());
+        }
+        Ok(None)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        _ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Retrying a refused or timed-out connection would only double the wait.
+        e.set_retry(false);
+        e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        _session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("peer: {peer}"));
+        // Pingora's default policy looks at the downstream method (always POST here). What
+        // matters is the upstream method: a stale pooled connection may be retried only when
+        // repeating the upstream request is harmless, and only within the deadline.
+        let idempotent = ctx
+            .invocation
+            .as_ref()
+            .is_some_and(|invocation| invocation.method.is_idempotent());
+        let in_time = ctx
+            .deadline
+            .is_some_and(|deadline| Instant::now() < deadline);
+        if idempotent && in_time && ctx.failure.is_none() {
+            e.retry.decide_reuse(client_reused);
+        } else {
+            e.set_retry(false);
+        }
+        e
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let error = ctx
+            .failure
+            .take()
+            .or_else(|| GatewayError::from_proxy_error(e, ctx.timeout_ms()));
+        let error_code = match error {
+            Some(error) => {
+                // Pingora closes the client connection after a proxy failure whatever we return
+                // below; say so in the response, or the client may reuse a dying connection.
+                session.set_keepalive(None);
+                respond_error(session, ctx, &error).await;
+                error.status()
+            }
+            None => 0,
+        };
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        // Pingora's default summary includes the query string; ours never does.
+        let request = session.req_header();
+        format!(
+            "{} {}, request_id: {}, function: {}",
+            request.method,
+            request.uri.path(),
+            ctx.request_id,
+            ctx.function.as_deref().unwrap_or("-"),
+        )
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session
+            .response_written()
+            .map_or(0, |response| response.status.as_u16());
+        let request = session.req_header();
+        let duration_ms = u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(
+            target: "airlock::access",
+            request_id = %ctx.request_id,
+            method = %request.method,
+            path = request.uri.path(),
+            function = ctx.function.as_deref(),
+            key_id = ctx.key_id.map(tracing::field::display),
+            environment_id = ctx.environment_id.map(tracing::field::display),
+            status,
+            upstream_status = ctx.upstream_status,
+            error = ctx.error_code,
+            proxy_error = e.map(|e| e.etype().as_str()),
+            duration_ms,
+            "request"
+        );
+    }
+}

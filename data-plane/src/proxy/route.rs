@@ -1,0 +1,90 @@
+//! Which endpoint a request is for.
+
+use http::Method;
+
+use super::error::GatewayError;
+
+/// The endpoints of the data plane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `POST /v1/functions/{name}/invoke`
+    Invoke { function: String },
+    /// `GET /healthz`: the process is up.
+    Health,
+    /// `GET /readyz`: the first config sync has completed.
+    Ready,
+}
+
+const INVOKE_PREFIX: &str = "/v1/functions/";
+const INVOKE_SUFFIX: &str = "/invoke";
+
+/// Route by method and path (the query string is not part of `path`).
+pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
+    let probe = |route| {
+        if method == Method::GET {
+            Ok(route)
+        } else {
+            Err(GatewayError::MethodNotAllowed)
+        }
+    };
+    match path {
+        "/healthz" => return probe(Route::Health),
+        "/readyz" => return probe(Route::Ready),
+        _ => {}
+    }
+    let function = path
+        .strip_prefix(INVOKE_PREFIX)
+        .and_then(|rest| rest.strip_suffix(INVOKE_SUFFIX))
+        // Exactly one non-empty segment: no `/`, so `/v1/functions/a/b/invoke` is not `a/b`.
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+        .ok_or(GatewayError::NotFound)?;
+    if method != Method::POST {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    Ok(Route::Invoke {
+        function: function.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invoke_path() {
+        assert_eq!(
+            route(&Method::POST, "/v1/functions/get_user/invoke"),
+            Ok(Route::Invoke {
+                function: "get_user".into()
+            })
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/functions/get_user/invoke"),
+            Err(GatewayError::MethodNotAllowed)
+        );
+        for path in [
+            "/v1/functions//invoke",
+            "/v1/functions/a/b/invoke",
+            "/v1/functions/a/invoke/",
+            "/v1/functions/a",
+            "/v2/functions/a/invoke",
+            "/",
+        ] {
+            assert_eq!(
+                route(&Method::POST, path),
+                Err(GatewayError::NotFound),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn probes() {
+        assert_eq!(route(&Method::GET, "/healthz"), Ok(Route::Health));
+        assert_eq!(route(&Method::GET, "/readyz"), Ok(Route::Ready));
+        assert_eq!(
+            route(&Method::POST, "/healthz"),
+            Err(GatewayError::MethodNotAllowed)
+        );
+    }
+}

@@ -1,0 +1,499 @@
+//! The compiled, immutable config snapshot the request path reads, and the store that swaps it.
+//!
+//! Each [`EnvironmentSnapshot`] is compiled once, off the request path: function templates are
+//! compiled, sealed secrets are opened, and every API key hash goes into one global index. The
+//! request path only does hash-map lookups on an [`Arc`] it loads from an [`ArcSwap`], so it
+//! never waits for a writer and never sees a half-applied update.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use airlock_shared::api_key::ApiKeyHash;
+use airlock_shared::seal::{OpeningKey, SecretIdentity, SecretValue};
+use airlock_shared::template::FunctionTemplate;
+use airlock_shared::wire::{ApiKeyGrant, EnvironmentSnapshot};
+use arc_swap::ArcSwap;
+use uuid::Uuid;
+
+/// A function ready to render.
+#[derive(Debug)]
+pub struct CompiledFunction {
+    /// Id of the function definition (for logs and events).
+    pub id: Uuid,
+    /// Name it is invoked by.
+    pub name: String,
+    /// The compiled request template.
+    pub template: FunctionTemplate,
+}
+
+/// One environment, compiled.
+pub struct CompiledEnvironment {
+    /// Tenant owning the environment.
+    pub tenant_id: Uuid,
+    /// The environment.
+    pub environment_id: Uuid,
+    /// Revision of the snapshot this was compiled from.
+    pub revision: i64,
+    functions: HashMap<String, Arc<CompiledFunction>>,
+    secrets: HashMap<String, SecretValue>,
+    api_keys: Vec<ApiKeyGrant>,
+}
+
+impl std::fmt::Debug for CompiledEnvironment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secret names only; SecretValue's Debug is redacted anyway.
+        f.debug_struct("CompiledEnvironment")
+            .field("environment_id", &self.environment_id)
+            .field("revision", &self.revision)
+            .field("functions", &self.functions.keys().collect::<Vec<_>>())
+            .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("api_keys", &self.api_keys.len())
+            .finish()
+    }
+}
+
+impl CompiledEnvironment {
+    /// Compile `snapshot`. A function that does not compile or a secret that does not open is
+    /// left out and logged (by name only); the rest of the environment still works, and an
+    /// invoke that needs what was left out fails closed.
+    pub fn compile(snapshot: EnvironmentSnapshot, opening_key: &OpeningKey) -> Self {
+        let EnvironmentSnapshot {
+            tenant_id,
+            environment_id,
+            revision,
+            functions: function_specs,
+            secrets: sealed_secrets,
+            api_keys,
+        } = snapshot;
+
+        let mut functions = HashMap::with_capacity(function_specs.len());
+        for (name, spec) in function_specs {
+            match FunctionTemplate::compile(&spec) {
+                Ok(template) => {
+                    let function = CompiledFunction {
+                        id: spec.id,
+                        name: name.clone(),
+                        template,
+                    };
+                    functions.insert(name, Arc::new(function));
+                }
+                Err(error) => tracing::error!(
+                    %environment_id,
+                    revision,
+                    function = %name,
+                    error = %error,
+                    "function does not compile; it is left out of this environment"
+                ),
+            }
+        }
+
+        let mut secrets = HashMap::with_capacity(sealed_secrets.len());
+        for (name, sealed) in sealed_secrets {
+            let identity = SecretIdentity {
+                tenant_id,
+                environment_id,
+                name: &name,
+                version: sealed.version,
+            };
+            match opening_key.open(identity, &sealed) {
+                Ok(value) => {
+                    secrets.insert(name, value);
+                }
+                Err(error) => tracing::error!(
+                    %environment_id,
+                    revision,
+                    secret = %name,
+                    version = sealed.version,
+                    error = %error,
+                    "secret cannot be opened; invocations that need it will fail"
+                ),
+            }
+        }
+
+        Self {
+            tenant_id,
+            environment_id,
+            revision,
+            functions,
+            secrets,
+            api_keys,
+        }
+    }
+
+    /// The function named `name`, if it compiled.
+    pub fn function(&self, name: &str) -> Option<&Arc<CompiledFunction>> {
+        self.functions.get(name)
+    }
+
+    /// The plaintext of secret `name`, for rendering only.
+    pub fn secret(&self, name: &str) -> Option<&str> {
+        self.secrets.get(name).map(SecretValue::expose)
+    }
+
+    /// The API keys of this environment.
+    pub fn api_keys(&self) -> &[ApiKeyGrant] {
+        &self.api_keys
+    }
+}
+
+/// An API key found in the index: its environment and its grant.
+#[derive(Debug, Clone)]
+pub struct KeyBinding {
+    /// The environment the key belongs to (and the only one it can reach).
+    pub environment: Arc<CompiledEnvironment>,
+    grant_index: usize,
+}
+
+impl KeyBinding {
+    /// The key's grant: its id, name and the functions it may invoke.
+    pub fn grant(&self) -> &ApiKeyGrant {
+        &self.environment.api_keys[self.grant_index]
+    }
+}
+
+/// Everything the request path needs, for every environment this data plane serves.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    environments: HashMap<Uuid, Arc<CompiledEnvironment>>,
+    keys: HashMap<ApiKeyHash, KeyBinding>,
+}
+
+impl Snapshot {
+    /// The key with this hash, if any environment has it.
+    pub fn key(&self, hash: &ApiKeyHash) -> Option<&KeyBinding> {
+        self.keys.get(hash)
+    }
+
+    /// The compiled environment with this id, if held.
+    pub fn environment(&self, id: &Uuid) -> Option<&Arc<CompiledEnvironment>> {
+        self.environments.get(id)
+    }
+
+    /// A new snapshot with `environment` replacing its previous version; every other
+    /// environment is shared, not copied.
+    fn with_environment(&self, environment: CompiledEnvironment) -> Self {
+        let mut environments = self.environments.clone();
+        environments.insert(environment.environment_id, Arc::new(environment));
+        Self {
+            keys: index_keys(&environments),
+            environments,
+        }
+    }
+}
+
+/// Build the global key index. A hash present in two environments cannot tell which one a
+/// caller meant, so it is left out (fail closed) rather than resolved arbitrarily.
+fn index_keys(
+    environments: &HashMap<Uuid, Arc<CompiledEnvironment>>,
+) -> HashMap<ApiKeyHash, KeyBinding> {
+    let mut keys: HashMap<ApiKeyHash, KeyBinding> = HashMap::new();
+    let mut ambiguous = Vec::new();
+    for environment in environments.values() {
+        for (grant_index, grant) in environment.api_keys.iter().enumerate() {
+            let binding = KeyBinding {
+                environment: environment.clone(),
+                grant_index,
+            };
+            if let Some(previous) = keys.insert(grant.hash.clone(), binding) {
+                if !Arc::ptr_eq(&previous.environment, environment)
+                    || previous.grant_index != grant_index
+                {
+                    ambiguous.push((grant.hash.clone(), grant.id, previous.grant().id));
+                }
+            }
+        }
+    }
+    for (hash, key_id, other_key_id) in ambiguous {
+        tracing::error!(
+            %key_id,
+            %other_key_id,
+            "two API keys share one hash; both are refused"
+        );
+        keys.remove(&hash);
+    }
+    keys
+}
+
+/// What [`SnapshotStore::apply`] did with a snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The snapshot is now live.
+    Applied,
+    /// The data plane already holds this revision or a newer one; nothing changed.
+    Stale { held: i64 },
+}
+
+/// Holds the live [`Snapshot`] and applies new environment snapshots to it.
+pub struct SnapshotStore {
+    current: ArcSwap<Snapshot>,
+    opening_key: OpeningKey,
+    /// Serializes writers so two concurrent applies cannot lose each other's environment.
+    writer: Mutex<()>,
+    synced: AtomicBool,
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore")
+            .field("environments", &self.current.load().environments.len())
+            .field("synced", &self.is_synced())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SnapshotStore {
+    /// An empty store; `opening_key` opens the sealed secrets of every applied snapshot.
+    pub fn new(opening_key: OpeningKey) -> Self {
+        Self {
+            current: ArcSwap::from_pointee(Snapshot::default()),
+            opening_key,
+            writer: Mutex::new(()),
+            synced: AtomicBool::new(false),
+        }
+    }
+
+    /// The live snapshot (lock-free).
+    pub fn load(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Revision currently held for `environment_id`.
+    pub fn revision_of(&self, environment_id: &Uuid) -> Option<i64> {
+        self.current
+            .load()
+            .environments
+            .get(environment_id)
+            .map(|env| env.revision)
+    }
+
+    /// Compile `snapshot` and make it live, unless a newer or equal revision is already held
+    /// (notifications can arrive out of order).
+    pub fn apply(&self, snapshot: EnvironmentSnapshot) -> ApplyOutcome {
+        let environment_id = snapshot.environment_id;
+        if let Some(held) = self.revision_of(&environment_id) {
+            if snapshot.revision <= held {
+                return ApplyOutcome::Stale { held };
+            }
+        }
+        let revision = snapshot.revision;
+        // Compile before taking the writer lock: it is the expensive part.
+        let compiled = CompiledEnvironment::compile(snapshot, &self.opening_key);
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let current = self.current.load();
+        if let Some(held) = current
+            .environments
+            .get(&environment_id)
+            .map(|e| e.revision)
+        {
+            if revision <= held {
+                return ApplyOutcome::Stale { held };
+            }
+        }
+        let next = current.with_environment(compiled);
+        self.current.store(Arc::new(next));
+        tracing::info!(%environment_id, revision, "environment snapshot applied");
+        ApplyOutcome::Applied
+    }
+
+    /// Record that a full sync from the config source has completed.
+    pub fn mark_synced(&self) {
+        if !self.synced.swap(true, Ordering::AcqRel) {
+            tracing::info!("initial config sync complete");
+        }
+    }
+
+    /// Whether at least one full sync has completed.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use airlock_shared::wire::FunctionSpec;
+
+    use super::*;
+
+    const TENANT: Uuid = Uuid::from_u128(1);
+    const ENV_A: Uuid = Uuid::from_u128(10);
+    const ENV_B: Uuid = Uuid::from_u128(11);
+
+    fn function(name: &str, url: &str) -> FunctionSpec {
+        FunctionSpec {
+            id: Uuid::new_v4(),
+            name: name.into(),
+            method: "GET".into(),
+            url: url.into(),
+            headers: vec![],
+            body: None,
+            timeout_ms: 1000,
+        }
+    }
+
+    fn grant(key: &str, functions: &[&str]) -> ApiKeyGrant {
+        ApiKeyGrant {
+            id: Uuid::new_v4(),
+            name: key.into(),
+            hash: ApiKeyHash::of(key),
+            functions: functions.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    fn snapshot(environment_id: Uuid, revision: i64) -> EnvironmentSnapshot {
+        EnvironmentSnapshot {
+            tenant_id: TENANT,
+            environment_id,
+            revision,
+            functions: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            api_keys: vec![],
+        }
+    }
+
+    #[test]
+    fn a_function_that_does_not_compile_is_left_out_alone() {
+        let key = OpeningKey::generate();
+        let mut s = snapshot(ENV_A, 1);
+        s.functions
+            .insert("good".into(), function("good", "https://api.example.com/x"));
+        s.functions
+            .insert("bad".into(), function("bad", "ftp://api.example.com/x"));
+        let env = CompiledEnvironment::compile(s, &key);
+        assert!(env.function("good").is_some());
+        assert!(env.function("bad").is_none());
+        assert_eq!(env.function("good").unwrap().name, "good");
+    }
+
+    #[test]
+    fn a_secret_that_does_not_open_is_left_out_alone() {
+        let key = OpeningKey::generate();
+        let sealing = key.sealing_key();
+        let identity = |name| SecretIdentity {
+            tenant_id: TENANT,
+            environment_id: ENV_A,
+            name,
+            version: 1,
+        };
+        let mut s = snapshot(ENV_A, 1);
+        s.secrets.insert(
+            "GOOD".into(),
+            sealing.seal(identity("GOOD"), "good-value").unwrap(),
+        );
+        // Sealed for another name: the identity binding must refuse it.
+        s.secrets.insert(
+            "MOVED".into(),
+            sealing.seal(identity("OTHER"), "moved").unwrap(),
+        );
+        // Sealed to another data plane's key.
+        let foreign = OpeningKey::generate();
+        s.secrets.insert(
+            "FOREIGN".into(),
+            foreign
+                .sealing_key()
+                .seal(identity("FOREIGN"), "x")
+                .unwrap(),
+        );
+        let env = CompiledEnvironment::compile(s, &key);
+        assert_eq!(env.secret("GOOD"), Some("good-value"));
+        assert_eq!(env.secret("MOVED"), None);
+        assert_eq!(env.secret("FOREIGN"), None);
+        let debug = format!("{env:?}");
+        assert!(!debug.contains("good-value"), "{debug}");
+    }
+
+    #[test]
+    fn newer_revision_wins_and_older_ones_are_ignored() {
+        let store = SnapshotStore::new(OpeningKey::generate());
+        let mut v2 = snapshot(ENV_A, 2);
+        v2.functions
+            .insert("f".into(), function("f", "https://v2.example.com/"));
+        assert_eq!(store.apply(v2), ApplyOutcome::Applied);
+
+        let mut v1 = snapshot(ENV_A, 1);
+        v1.functions
+            .insert("f".into(), function("f", "https://v1.example.com/"));
+        assert_eq!(store.apply(v1), ApplyOutcome::Stale { held: 2 });
+        assert_eq!(
+            store.apply(snapshot(ENV_A, 2)),
+            ApplyOutcome::Stale { held: 2 }
+        );
+        let host = |store: &SnapshotStore| {
+            store
+                .load()
+                .environment(&ENV_A)
+                .and_then(|e| e.function("f").map(|f| f.template.host.clone()))
+        };
+        assert_eq!(host(&store).as_deref(), Some("v2.example.com"));
+
+        let mut v3 = snapshot(ENV_A, 3);
+        v3.functions
+            .insert("f".into(), function("f", "https://v3.example.com/"));
+        assert_eq!(store.apply(v3), ApplyOutcome::Applied);
+        assert_eq!(host(&store).as_deref(), Some("v3.example.com"));
+        assert_eq!(store.revision_of(&ENV_A), Some(3));
+    }
+
+    #[test]
+    fn key_index_spans_environments_and_follows_replacements() {
+        let store = SnapshotStore::new(OpeningKey::generate());
+        let mut a = snapshot(ENV_A, 1);
+        a.api_keys.push(grant("key-a", &["*"]));
+        let mut b = snapshot(ENV_B, 1);
+        b.api_keys.push(grant("key-b", &["only"]));
+        store.apply(a);
+        let env_a_before = store.load().environment(&ENV_A).unwrap().clone();
+        store.apply(b);
+
+        let snap = store.load();
+        let a_binding = snap.key(&ApiKeyHash::of("key-a")).unwrap();
+        assert_eq!(a_binding.environment.environment_id, ENV_A);
+        assert!(a_binding.grant().allows("anything"));
+        let b_binding = snap.key(&ApiKeyHash::of("key-b")).unwrap();
+        assert_eq!(b_binding.environment.environment_id, ENV_B);
+        assert!(!b_binding.grant().allows("other"));
+        assert!(snap.key(&ApiKeyHash::of("nope")).is_none());
+        // Applying B shared A instead of copying it.
+        assert!(Arc::ptr_eq(
+            snap.environment(&ENV_A).unwrap(),
+            &env_a_before
+        ));
+
+        // A new revision of A without key-a revokes it; B is untouched.
+        let mut a2 = snapshot(ENV_A, 2);
+        a2.api_keys.push(grant("key-a2", &["*"]));
+        store.apply(a2);
+        let snap = store.load();
+        assert!(snap.key(&ApiKeyHash::of("key-a")).is_none());
+        assert!(snap.key(&ApiKeyHash::of("key-a2")).is_some());
+        assert!(snap.key(&ApiKeyHash::of("key-b")).is_some());
+    }
+
+    #[test]
+    fn a_hash_in_two_environments_is_refused() {
+        let store = SnapshotStore::new(OpeningKey::generate());
+        let mut a = snapshot(ENV_A, 1);
+        a.api_keys.push(grant("shared", &["*"]));
+        a.api_keys.push(grant("only-a", &["*"]));
+        let mut b = snapshot(ENV_B, 1);
+        b.api_keys.push(grant("shared", &["*"]));
+        store.apply(a);
+        store.apply(b);
+        let snap = store.load();
+        assert!(snap.key(&ApiKeyHash::of("shared")).is_none());
+        assert!(snap.key(&ApiKeyHash::of("only-a")).is_some());
+    }
+
+    #[test]
+    fn synced_flag() {
+        let store = SnapshotStore::new(OpeningKey::generate());
+        assert!(!store.is_synced());
+        store.mark_synced();
+        assert!(store.is_synced());
+    }
+}

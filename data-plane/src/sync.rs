@@ -1,0 +1,271 @@
+//! The background service that keeps the snapshot fresh.
+//!
+//! Runs as a Pingora `BackgroundService` on its own runtime, so compiling snapshots (template
+//! compilation, HPKE opening) never competes with request handling on the proxy's threads.
+//!
+//! Redis protocol (see `airlock_shared::keys::RedisNames`): the control plane `SET`s the
+//! snapshot JSON, `HSET`s its revision in the index and `PUBLISH`es the environment id, in one
+//! `MULTI`. Here: subscribe first, then read the whole index (so nothing published in between
+//! is missed), then fetch the environment named by every message; every few seconds and after
+//! every reconnect the index is read again to catch lost messages. Redis being down never
+//! stops the data plane: it keeps serving the last snapshot and retries with backoff.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use airlock_shared::keys::RedisNames;
+use airlock_shared::wire::EnvironmentSnapshot;
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use redis::AsyncCommands as _;
+use tokio::sync::mpsc::UnboundedReceiver;
+use uuid::Uuid;
+
+use crate::snapshot::{ApplyOutcome, SnapshotStore};
+use crate::ConfigSource;
+
+/// How often the index is re-read to catch missed notifications.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// Connect and per-command timeout for Redis.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Keeps the [`SnapshotStore`] in step with a [`ConfigSource`].
+pub(crate) struct ConfigSync {
+    store: Arc<SnapshotStore>,
+    /// Taken by the first `start`; Pingora starts a background service once.
+    source: Mutex<Option<ConfigSource>>,
+}
+
+impl ConfigSync {
+    pub(crate) fn new(store: Arc<SnapshotStore>, source: ConfigSource) -> Self {
+        Self {
+            store,
+            source: Mutex::new(Some(source)),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for ConfigSync {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let source = self
+            .source
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        match source {
+            Some(ConfigSource::InProcess(receiver)) => {
+                run_in_process(&self.store, receiver, shutdown).await
+            }
+            Some(ConfigSource::Redis { url, names }) => match redis::Client::open(url.as_str()) {
+                Ok(client) => {
+                    RedisSync {
+                        client,
+                        names,
+                        store: self.store.clone(),
+                        unusable: HashMap::new(),
+                    }
+                    .run(shutdown)
+                    .await
+                }
+                // The binary validates the URL at startup; a library caller gets a loud log.
+                Err(error) => tracing::error!(%error, "invalid Redis URL; config sync disabled"),
+            },
+            None => tracing::warn!("config sync started twice; ignoring"),
+        }
+    }
+}
+
+/// Resolves when the server is shutting down (or its shutdown sender is gone).
+async fn shutting_down(shutdown: &mut ShutdownWatch) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+async fn run_in_process(
+    store: &SnapshotStore,
+    mut receiver: UnboundedReceiver<EnvironmentSnapshot>,
+    mut shutdown: ShutdownWatch,
+) {
+    // Everything queued before the service started is the initial sync.
+    while let Ok(snapshot) = receiver.try_recv() {
+        apply(store, snapshot);
+    }
+    store.mark_synced();
+    loop {
+        tokio::select! {
+            received = receiver.recv() => match received {
+                Some(snapshot) => apply(store, snapshot),
+                None => {
+                    tracing::info!("in-process config channel closed; serving the last snapshot");
+                    shutting_down(&mut shutdown).await;
+                    return;
+                }
+            },
+            _ = shutting_down(&mut shutdown) => return,
+        }
+    }
+}
+
+fn apply(store: &SnapshotStore, snapshot: EnvironmentSnapshot) {
+    let environment_id = snapshot.environment_id;
+    let revision = snapshot.revision;
+    if let ApplyOutcome::Stale { held } = store.apply(snapshot) {
+        tracing::debug!(%environment_id, revision, held, "ignoring a snapshot that is not newer");
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {REDIS_TIMEOUT:?}")]
+    Timeout,
+    #[error("the config subscription was closed")]
+    SubscriptionClosed,
+}
+
+async fn within<T>(
+    future: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T, SyncError> {
+    Ok(tokio::time::timeout(REDIS_TIMEOUT, future)
+        .await
+        .map_err(|_| SyncError::Timeout)??)
+}
+
+struct RedisSync {
+    client: redis::Client,
+    names: RedisNames,
+    store: Arc<SnapshotStore>,
+    /// Revisions whose snapshot could not be read, so each is logged once, not every resync.
+    unusable: HashMap<Uuid, i64>,
+}
+
+impl RedisSync {
+    async fn run(mut self, mut shutdown: ShutdownWatch) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let error = tokio::select! {
+                result = self.session(&mut backoff) => result,
+                _ = shutting_down(&mut shutdown) => return,
+            };
+            tracing::warn!(
+                error = %error,
+                retry_in = ?backoff,
+                "config sync from Redis interrupted; serving the last snapshot"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutting_down(&mut shutdown) => return,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+
+    /// One connected period: subscribe, full sync, then follow notifications until an error.
+    async fn session(&mut self, backoff: &mut Duration) -> SyncError {
+        match self.follow(backoff).await {
+            Ok(never) => match never {},
+            Err(error) => error,
+        }
+    }
+
+    async fn follow(
+        &mut self,
+        backoff: &mut Duration,
+    ) -> Result<std::convert::Infallible, SyncError> {
+        let mut pubsub = within(self.client.get_async_pubsub()).await?;
+        within(pubsub.subscribe(self.names.config_channel())).await?;
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(REDIS_TIMEOUT))
+            .set_response_timeout(Some(REDIS_TIMEOUT));
+        let mut conn = within(
+            self.client
+                .get_multiplexed_async_connection_with_config(&config),
+        )
+        .await?;
+
+        // Subscribed before reading the index: a publish in between is seen either way.
+        self.full_sync(&mut conn).await?;
+        self.store.mark_synced();
+        *backoff = BACKOFF_MIN;
+        tracing::info!(channel = %self.names.config_channel(), "following config changes in Redis");
+
+        let mut messages = pubsub.on_message();
+        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.reset();
+        loop {
+            tokio::select! {
+                message = messages.next() => {
+                    let message = message.ok_or(SyncError::SubscriptionClosed)?;
+                    match message.get_payload::<String>().ok().and_then(|p| p.parse::<Uuid>().ok()) {
+                        Some(environment_id) => self.fetch(&mut conn, environment_id, None).await?,
+                        None => tracing::warn!("ignoring a config notification that is not an environment id"),
+                    }
+                }
+                _ = resync.tick() => self.full_sync(&mut conn).await?,
+            }
+        }
+    }
+
+    /// Read the index and fetch every environment whose published revision is newer than the
+    /// one held.
+    async fn full_sync(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+    ) -> Result<(), SyncError> {
+        let index: HashMap<String, i64> = conn.hgetall(self.names.snapshot_index()).await?;
+        for (environment, revision) in index {
+            let Ok(environment_id) = environment.parse::<Uuid>() else {
+                tracing::warn!(entry = %environment, "ignoring a snapshot index entry that is not an environment id");
+                continue;
+            };
+            let newer = self
+                .store
+                .revision_of(&environment_id)
+                .is_none_or(|held| revision > held);
+            if newer && self.unusable.get(&environment_id) != Some(&revision) {
+                self.fetch(conn, environment_id, Some(revision)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fetch and apply one environment's snapshot. A snapshot that is missing or unreadable is
+    /// logged and skipped (it is the publisher's problem, not a reason to reconnect).
+    async fn fetch(
+        &mut self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        environment_id: Uuid,
+        indexed_revision: Option<i64>,
+    ) -> Result<(), SyncError> {
+        let json: Option<String> = conn
+            .get(self.names.environment_snapshot(&environment_id))
+            .await?;
+        let Some(json) = json else {
+            tracing::warn!(%environment_id, "notified of a snapshot that is not in Redis");
+            return Ok(());
+        };
+        let problem = match serde_json::from_str::<EnvironmentSnapshot>(&json) {
+            Ok(snapshot) if snapshot.environment_id == environment_id => {
+                self.unusable.remove(&environment_id);
+                apply(&self.store, snapshot);
+                return Ok(());
+            }
+            Ok(_) => "it belongs to another environment".to_string(),
+            // serde_json messages give a position, never the content.
+            Err(error) => format!("it is not a valid snapshot: {error}"),
+        };
+        if let Some(revision) = indexed_revision {
+            // Remembered so the periodic resync does not log the same problem every time.
+            self.unusable.insert(environment_id, revision);
+        }
+        tracing::error!(%environment_id, problem, "ignoring the snapshot stored in Redis");
+        Ok(())
+    }
+}

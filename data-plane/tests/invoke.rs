@@ -1,0 +1,500 @@
+//! The invoke request path against a real upstream, with an in-process config source.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{Read as _, Write as _};
+use std::time::Duration;
+
+use airlock_shared::seal::OpeningKey;
+use common::*;
+use uuid::Uuid;
+
+const API_KEY: &str = "ak_test_key_full_access";
+const NARROW_KEY: &str = "ak_test_key_only_ping";
+const SECRET: &str = "sk-live-canary-3f9a";
+
+/// One environment with functions against `upstream`; `*` key and a key for `ping` only.
+fn environment(key: &OpeningKey, upstream: &Upstream, env: Uuid, revision: i64) -> SnapshotBuilder {
+    let base = format!("http://{}", upstream.addr);
+    SnapshotBuilder::new(env, revision)
+        .secret(key, "TOKEN", SECRET)
+        .function(
+            "create_user",
+            "POST",
+            &format!("{base}/users/{{{{args.id}}}}?q={{{{args.q}}}}"),
+            &[
+                ("authorization", "Bearer {{secrets.TOKEN}}"),
+                ("x-static", "v1"),
+            ],
+            Some(r#"{"name": "{{args.name}}", "n": {{args.n}}}"#),
+            5_000,
+        )
+        .function("ping", "GET", &format!("{base}/ping"), &[], None, 5_000)
+        .function(
+            "fixed_body",
+            "PUT",
+            &format!("{base}/fixed"),
+            &[("content-type", "application/vnd.test+json")],
+            Some(r#"{"fixed": true}"#),
+            5_000,
+        )
+        .function(
+            "echo",
+            "POST",
+            &format!("{base}/echo"),
+            &[],
+            Some(r#"{"text": "{{args.text}}"}"#),
+            5_000,
+        )
+        .function(
+            "needs_missing_secret",
+            "GET",
+            &format!("{base}/x"),
+            &[("x-token", "{{secrets.NOT_SET}}")],
+            None,
+            5_000,
+        )
+        .function("slow", "GET", &format!("{base}/sleep/2000"), &[], None, 300)
+        .function(
+            "closed_port",
+            "GET",
+            &format!("http://127.0.0.1:{}/x", free_port()),
+            &[],
+            None,
+            2_000,
+        )
+        .function(
+            "trickle",
+            "GET",
+            &format!("{base}/trickle/20"),
+            &[],
+            None,
+            450,
+        )
+        .function(
+            "teapot",
+            "GET",
+            &format!("{base}/status/418"),
+            &[],
+            None,
+            5_000,
+        )
+        .key(API_KEY, &["*"])
+        .key(NARROW_KEY, &["ping"])
+}
+
+async fn plane_with_upstream() -> (TestPlane, Upstream, OpeningKey) {
+    let key = OpeningKey::generate();
+    let upstream = Upstream::start().await;
+    let snapshot = environment(&key, &upstream, Uuid::new_v4(), 1).build();
+    let plane = TestPlane::start(&key, vec![snapshot]).await;
+    (plane, upstream, key)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_receives_exactly_the_rendered_request() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+    let response = plane
+        .client
+        .post(format!("{}/v1/functions/create_user/invoke", plane.base))
+        .bearer_auth(API_KEY)
+        .header("x-client-header", "must-not-pass")
+        .header("cookie", "client=1")
+        .body(r#"{"id": "a/b c", "q": "x&y=z", "name": "Bob \"B\"", "n": 3}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let request_id = response.headers()["x-airlock-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(!request_id.is_empty());
+    assert_eq!(response.headers()["x-upstream"], "yes");
+    assert!(response.headers().get("set-cookie").is_none());
+    assert!(response.headers().get("keep-alive").is_none());
+    let body = response.text().await.unwrap();
+    assert!(body.contains(r#""upstream":"ok""#), "{body}");
+    assert!(!body.contains(SECRET));
+
+    let seen = upstream.last();
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.target, "/users/a%2Fb%20c?q=x%26y%3Dz");
+    let expected_body = br#"{"name": "Bob \"B\"", "n": 3}"#;
+    assert_eq!(seen.body, expected_body);
+    assert_eq!(
+        seen.header("content-length"),
+        Some(expected_body.len().to_string().as_str())
+    );
+    assert_eq!(
+        seen.header("host"),
+        Some(upstream.addr.to_string().as_str())
+    );
+    assert_eq!(
+        seen.header("authorization"),
+        Some(format!("Bearer {SECRET}").as_str())
+    );
+    assert_eq!(seen.header("x-static"), Some("v1"));
+    assert_eq!(seen.header("content-type"), Some("application/json"));
+    let mut names = seen.header_names();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "authorization",
+            "content-length",
+            "content-type",
+            "host",
+            "x-static"
+        ],
+        "only the rendered headers reach the upstream"
+    );
+    for (_, value) in &seen.headers {
+        assert!(!value.contains(API_KEY), "the API key leaked upstream");
+    }
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_larger_than_pingoras_retry_buffer_is_forwarded() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+    let text = "x".repeat(300 * 1024);
+    let args = serde_json::json!({ "text": text }).to_string();
+    let response = plane.invoke("echo", Some(API_KEY), &args).await;
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    let expected = format!(r#"{{"text": "{text}"}}"#);
+    assert_eq!(seen.body.len(), expected.len());
+    assert_eq!(seen.body, expected.as_bytes());
+    assert_eq!(
+        seen.header("content-length"),
+        Some(expected.len().to_string().as_str())
+    );
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_function_without_body_sends_none_whatever_the_client_sent() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+    let response = plane
+        .invoke("ping", Some(NARROW_KEY), r#"{"ignored": "client-bytes"}"#)
+        .await;
+    assert_eq!(response.status(), 200);
+    let seen = upstream.last();
+    assert_eq!(seen.method, "GET");
+    assert_eq!(seen.target, "/ping");
+    assert!(seen.body.is_empty());
+    assert!(seen.header("transfer-encoding").is_none());
+    // An empty client body is fine too.
+    assert_eq!(
+        plane.invoke("ping", Some(NARROW_KEY), "").await.status(),
+        200
+    );
+    plane.shutdown().await;
+}
+
+/// A raw HTTP/1.1 exchange, for framings reqwest does not produce.
+fn raw_request(addr: &str, request: &[u8]) -> String {
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+fn chunked(body: &str) -> String {
+    let mut out = String::new();
+    for piece in body.as_bytes().chunks(1000) {
+        out.push_str(&format!(
+            "{:x}\r\n{}\r\n",
+            piece.len(),
+            std::str::from_utf8(piece).unwrap()
+        ));
+    }
+    out.push_str("0\r\n\r\n");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chunked_bodies_are_accepted_up_to_the_retry_buffer() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+    let addr = plane.base.trim_start_matches("http://").to_string();
+    let small = r#"{"text": "chunked hello"}"#;
+    let request = format!(
+        "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}",
+        chunked(small)
+    );
+    let response = tokio::task::spawn_blocking({
+        let addr = addr.clone();
+        move || raw_request(&addr, request.as_bytes())
+    })
+    .await
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(upstream.last().body, br#"{"text": "chunked hello"}"#);
+
+    let big = serde_json::json!({ "text": "y".repeat(100 * 1024) }).to_string();
+    let request = format!(
+        "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}",
+        chunked(&big)
+    );
+    let before = upstream.requests().len();
+    let response = tokio::task::spawn_blocking(move || raw_request(&addr, request.as_bytes()))
+        .await
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 413"), "{response}");
+    assert!(response.contains("payload_too_large"), "{response}");
+    assert_eq!(upstream.requests().len(), before);
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ambiguous_framing_is_rejected() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+    let addr = plane.base.trim_start_matches("http://").to_string();
+    let request = format!(
+        "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: 5\r\nContent-Length: 6\r\nConnection: close\r\n\r\n{{}}   "
+    );
+    let response = tokio::task::spawn_blocking(move || raw_request(&addr, request.as_bytes()))
+        .await
+        .unwrap();
+    assert!(response.starts_with("HTTP/1.1 400"), "{response}");
+    assert!(upstream.requests().is_empty());
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authentication_and_scope_errors() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+
+    for key in [None, Some("ak_unknown")] {
+        let (status, code, _) = gateway_error(plane.invoke("ping", key, "{}").await).await;
+        assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    }
+    for header in ["Basic abc", "Bearer", "Bearer a b", API_KEY] {
+        let response = plane
+            .client
+            .post(format!("{}/v1/functions/ping/invoke", plane.base))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        let (status, code, _) = gateway_error(response).await;
+        assert_eq!((status, code.as_str()), (401, "unauthorized"), "{header}");
+    }
+
+    // Not granted: 403, whether or not the function exists (no enumeration).
+    for function in ["create_user", "does_not_exist"] {
+        let (status, code, message) =
+            gateway_error(plane.invoke(function, Some(NARROW_KEY), "{}").await).await;
+        assert_eq!((status, code.as_str()), (403, "forbidden"));
+        assert!(message.contains(function));
+    }
+    // Granted (`*`) but absent: 404.
+    let (status, code, _) =
+        gateway_error(plane.invoke("does_not_exist", Some(API_KEY), "{}").await).await;
+    assert_eq!((status, code.as_str()), (404, "function_not_found"));
+
+    assert!(upstream.requests().is_empty());
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_errors() {
+    let (plane, _upstream, _) = plane_with_upstream().await;
+    let response = plane
+        .client
+        .post(format!("{}/v1/nothing", plane.base))
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = gateway_error(response).await;
+    assert_eq!((status, code.as_str()), (404, "not_found"));
+
+    let response = plane
+        .client
+        .get(format!("{}/v1/functions/ping/invoke", plane.base))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .unwrap();
+    let (status, code, _) = gateway_error(response).await;
+    assert_eq!((status, code.as_str()), (405, "method_not_allowed"));
+
+    let health = plane
+        .client
+        .get(format!("{}/healthz", plane.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    assert!(health.headers().contains_key("x-airlock-request-id"));
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn argument_and_body_errors() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+    let cases = [
+        ("[1, 2]", 400, "invalid_json"),
+        ("{not json", 400, "invalid_json"),
+        (r#"{"id": "1", "q": "x", "n": 1}"#, 400, "missing_argument"),
+        (
+            r#"{"id": {"nested": 1}, "q": "x", "name": "n", "n": 1}"#,
+            400,
+            "invalid_argument",
+        ),
+    ];
+    for (body, expected_status, expected_code) in cases {
+        let (status, code, _) =
+            gateway_error(plane.invoke("create_user", Some(API_KEY), body).await).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (expected_status, expected_code),
+            "{body}"
+        );
+    }
+
+    let too_big = format!(r#"{{"text": "{}"}}"#, "z".repeat(1024 * 1024));
+    let (status, code, _) =
+        gateway_error(plane.invoke("echo", Some(API_KEY), &too_big).await).await;
+    assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+
+    assert!(upstream.requests().is_empty());
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_secret_fails_closed() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+    let (status, code, message) = gateway_error(
+        plane
+            .invoke("needs_missing_secret", Some(API_KEY), "{}")
+            .await,
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (500, "secret_unavailable"));
+    assert!(message.contains("NOT_SET"), "{message}");
+    assert!(
+        upstream.requests().is_empty(),
+        "nothing is sent without the secret"
+    );
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_failures_map_to_502_and_504() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+    let (status, code, _) =
+        gateway_error(plane.invoke("closed_port", Some(API_KEY), "").await).await;
+    assert_eq!((status, code.as_str()), (502, "upstream_unreachable"));
+
+    let started = std::time::Instant::now();
+    let (status, code, _) = gateway_error(plane.invoke("slow", Some(API_KEY), "").await).await;
+    assert_eq!((status, code.as_str()), (504, "upstream_timeout"));
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // An upstream that answers at once but trickles its body past the timeout is cut off:
+    // the timeout covers the whole response, not each read.
+    let started = std::time::Instant::now();
+    let response = plane.invoke("trickle", Some(API_KEY), "").await;
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.is_err(), "the body must be cut short");
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Upstream error statuses are the upstream's answer, passed through as is.
+    let response = plane.invoke("teapot", Some(API_KEY), "").await;
+    assert_eq!(response.status(), 418);
+    assert!(response.headers().contains_key("x-airlock-request-id"));
+    assert_eq!(upstream.requests().len(), 3);
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sequential_invokes_reuse_one_upstream_connection() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+    for _ in 0..5 {
+        assert_eq!(plane.invoke("ping", Some(API_KEY), "").await.status(), 200);
+    }
+    let peers: HashSet<_> = upstream.requests().iter().map(|r| r.peer).collect();
+    assert_eq!(upstream.requests().len(), 5);
+    assert_eq!(peers.len(), 1, "one pooled TCP connection, saw {peers:?}");
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_revision_is_live_within_a_second_and_an_older_one_is_ignored() {
+    let key = OpeningKey::generate();
+    let upstream = Upstream::start().await;
+    let env = Uuid::new_v4();
+    let plane = TestPlane::start(&key, vec![environment(&key, &upstream, env, 5).build()]).await;
+    assert_eq!(plane.invoke("ping", Some(API_KEY), "").await.status(), 200);
+
+    // Revision 6 drops `ping` and revokes the narrow key.
+    let base = format!("http://{}", upstream.addr);
+    let v6 = SnapshotBuilder::new(env, 6)
+        .function("pong", "GET", &format!("{base}/pong"), &[], None, 1000)
+        .key(API_KEY, &["*"])
+        .build();
+    plane.sender.send(v6).unwrap();
+    let took = eventually(Duration::from_secs(1), || async {
+        plane.invoke("pong", Some(API_KEY), "").await.status() == 200
+    })
+    .await;
+    assert!(took < Duration::from_secs(1));
+    assert_eq!(plane.invoke("ping", Some(API_KEY), "").await.status(), 404);
+    assert_eq!(
+        plane.invoke("ping", Some(NARROW_KEY), "").await.status(),
+        401
+    );
+
+    // An older revision arriving late changes nothing.
+    plane
+        .sender
+        .send(environment(&key, &upstream, env, 4).build())
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(plane.invoke("ping", Some(API_KEY), "").await.status(), 404);
+    assert_eq!(plane.invoke("pong", Some(API_KEY), "").await.status(), 200);
+    assert_eq!(upstream.last().target, "/pong");
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_closes_the_listener_and_a_busy_port_is_an_error() {
+    let (plane, _upstream, key) = plane_with_upstream().await;
+    let addr = plane.handle.as_ref().unwrap().listen_addr();
+
+    let (_sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+    let busy = tokio::task::spawn_blocking(move || {
+        airlock_data_plane::spawn(airlock_data_plane::DataPlaneConfig {
+            listen: addr,
+            opening_key: key,
+            source: airlock_data_plane::ConfigSource::InProcess(receiver),
+            threads: 1,
+            upstream_ca_file: None,
+        })
+    })
+    .await
+    .unwrap();
+    let error = busy.unwrap_err();
+    assert!(format!("{error:#}").contains("cannot listen"), "{error:#}");
+
+    plane.shutdown().await;
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "listener still open"
+    );
+}

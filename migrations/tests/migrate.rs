@@ -1,0 +1,127 @@
+//! The migrations apply and roll back on SQLite and PostgreSQL, and the constraints they
+//! declare (foreign keys, per-parent unique names, unique hashes) are enforced.
+
+use airlock_migrations::sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbErr, SqlErr};
+use airlock_migrations::{Expr, Migrator, MigratorTrait, Query, SchemaManager};
+use uuid::Uuid;
+
+const TABLES: &[&str] = &[
+    "tenants",
+    "environments",
+    "functions",
+    "secrets",
+    "secret_versions",
+    "api_keys",
+    "admin_tokens",
+];
+
+const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+async fn insert_tenant(db: &DatabaseConnection, id: Uuid, name: &str) -> Result<(), DbErr> {
+    let stmt = Query::insert()
+        .into_table("tenants")
+        .columns(["id", "name", "created_at"])
+        .values_panic([id.into(), name.into(), Expr::current_timestamp()])
+        .to_owned();
+    db.execute(&stmt).await.map(|_| ())
+}
+
+async fn insert_environment(
+    db: &DatabaseConnection,
+    tenant_id: Uuid,
+    name: &str,
+) -> Result<(), DbErr> {
+    let stmt = Query::insert()
+        .into_table("environments")
+        .columns(["id", "tenant_id", "name", "created_at"])
+        .values_panic([
+            Uuid::new_v4().into(),
+            tenant_id.into(),
+            name.into(),
+            Expr::current_timestamp(),
+        ])
+        .to_owned();
+    db.execute(&stmt).await.map(|_| ())
+}
+
+async fn check_schema(db: &DatabaseConnection) {
+    Migrator::up(db, None).await.expect("migrations apply");
+    let manager = SchemaManager::new(db);
+    for table in TABLES {
+        assert!(manager.has_table(*table).await.unwrap(), "{table} exists");
+    }
+    // Applying again is a no-op.
+    Migrator::up(db, None)
+        .await
+        .expect("migrations are idempotent");
+    assert!(Migrator::get_pending_migrations(db)
+        .await
+        .unwrap()
+        .is_empty());
+
+    let tenant = Uuid::new_v4();
+    insert_tenant(db, tenant, "acme").await.unwrap();
+    let duplicate = insert_tenant(db, Uuid::new_v4(), "acme").await.unwrap_err();
+    assert!(matches!(
+        duplicate.sql_err(),
+        Some(SqlErr::UniqueConstraintViolation(_))
+    ));
+
+    insert_environment(db, tenant, "prod").await.unwrap();
+    let duplicate = insert_environment(db, tenant, "prod").await.unwrap_err();
+    assert!(matches!(
+        duplicate.sql_err(),
+        Some(SqlErr::UniqueConstraintViolation(_))
+    ));
+    // Same name under another tenant is fine.
+    let other = Uuid::new_v4();
+    insert_tenant(db, other, "globex").await.unwrap();
+    insert_environment(db, other, "prod").await.unwrap();
+
+    let orphan = insert_environment(db, Uuid::new_v4(), "dev")
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        orphan.sql_err(),
+        Some(SqlErr::ForeignKeyConstraintViolation(_))
+    ));
+
+    Migrator::down(db, None)
+        .await
+        .expect("migrations roll back");
+    for table in TABLES {
+        assert!(!manager.has_table(*table).await.unwrap(), "{table} dropped");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_schema_applies_enforces_constraints_and_rolls_back() {
+    let db = Database::connect("sqlite::memory:").await.unwrap();
+    check_schema(&db).await;
+}
+
+#[tokio::test]
+async fn postgres_schema_applies_enforces_constraints_and_rolls_back() {
+    let admin = Database::connect(POSTGRES_ADMIN_URL).await.unwrap();
+    let name = format!("airlock_m_{}", Uuid::new_v4().simple());
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .unwrap();
+    let db = Database::connect(format!("postgres://postgres@127.0.0.1:5432/{name}"))
+        .await
+        .unwrap();
+    // Run the checks in a task so the database is dropped even if they fail.
+    let result = tokio::spawn(async move {
+        check_schema(&db).await;
+        db.close().await.unwrap();
+    })
+    .await;
+    admin
+        .execute_unprepared(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic.into_panic());
+    }
+}
