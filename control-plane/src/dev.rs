@@ -3,9 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use airlock_data_plane::{ConfigSource, DataPlaneConfig, DataPlaneHandle};
+use airlock_data_plane::{ConfigSource, DataPlaneConfig, DataPlaneHandle, SnapshotDelivery};
 use airlock_shared::seal::OpeningKey;
-use airlock_shared::wire::EnvironmentSnapshot;
 use anyhow::Context;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -16,7 +15,7 @@ const DEV_DATA_PLANE_THREADS: usize = 2;
 pub(crate) async fn start_data_plane(
     listen: SocketAddr,
     opening_key: OpeningKey,
-    snapshots: UnboundedReceiver<EnvironmentSnapshot>,
+    snapshots: UnboundedReceiver<SnapshotDelivery>,
     upstream_ca_file: Option<PathBuf>,
 ) -> anyhow::Result<DataPlaneHandle> {
     let config = DataPlaneConfig {

@@ -89,10 +89,6 @@ async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
         sealing_key: opening_key.sealing_key().clone(),
         db: db.clone(),
     };
-    // Queued in the channel; the data plane starts from them.
-    let environments = state.publisher.publish_all().await?;
-    tracing::info!(environments, "published every environment");
-
     let listener = bind(config.control.control_addr).await?;
     let data_plane = dev::start_data_plane(
         config.data_addr,
@@ -101,11 +97,16 @@ async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
         config.upstream_ca_file.clone(),
     )
     .await?;
+    // Each publish returns once the data plane has applied it, so everything is live before
+    // the ready lines below are printed.
+    let environments = state.publisher.publish_all().await?;
+    tracing::info!(environments, "published every environment");
+    let shutdown = shutdown_signal()?;
     println!("control plane: http://{}/graphql", listener.local_addr()?);
     println!("data plane: http://{}", data_plane.listen_addr());
     print_admin_token(token, data_dir);
 
-    let served = serve(listener, state).await;
+    let served = serve(listener, state, shutdown).await;
     dev::stop_data_plane(data_plane).await;
     db.close().await.context("closing the database")?;
     served
@@ -133,10 +134,11 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     );
 
     let listener = bind(config.control.control_addr).await?;
+    let shutdown = shutdown_signal()?;
     println!("control plane: http://{}/graphql", listener.local_addr()?);
     print_admin_token(token, data_dir);
 
-    let served = serve(listener, state).await;
+    let served = serve(listener, state, shutdown).await;
     db.close().await.context("closing the database")?;
     served
 }
@@ -189,37 +191,29 @@ async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("cannot listen on {addr}"))
 }
 
-/// Serve until Ctrl-C or SIGTERM, then finish in-flight requests.
-async fn serve(listener: TcpListener, state: AppState) -> anyhow::Result<()> {
+/// Serve until `shutdown` resolves, then finish in-flight requests.
+async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("control plane server failed")
 }
 
-async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
+/// Register the SIGINT and SIGTERM handlers now, before the ready lines are printed (a
+/// supervisor may signal as soon as it reads them), and return a future that resolves on the
+/// first of them.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => tracing::info!("interrupted, shutting down"),
+            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => tracing::info!("interrupted, shutting down"),
-        () = terminate => tracing::info!("SIGTERM received, shutting down"),
-    }
+    })
 }

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use airlock_data_plane::SnapshotDelivery;
 use airlock_shared::keys::RedisNames;
 use airlock_shared::wire::EnvironmentSnapshot;
 use async_trait::async_trait;
@@ -50,14 +51,19 @@ pub trait SnapshotTransport: Send + Sync + 'static {
     async fn send(&self, snapshot: &EnvironmentSnapshot) -> Result<(), PublishError>;
 }
 
-/// Hands snapshots to a data plane in the same process.
+/// How long an in-process publish waits for the data plane to apply a snapshot before it
+/// returns anyway (the snapshot still goes live when the data plane gets to it).
+const IN_PROCESS_APPLY_WAIT: Duration = Duration::from_secs(2);
+
+/// Hands snapshots to a data plane in the same process, and waits until each is live there,
+/// so that under `airlock dev` a mutation's effect is visible once the mutation returns.
 pub struct InProcessTransport {
-    sender: UnboundedSender<EnvironmentSnapshot>,
+    sender: UnboundedSender<SnapshotDelivery>,
 }
 
 impl InProcessTransport {
     /// Send into `sender`; the data plane holds the receiver.
-    pub fn new(sender: UnboundedSender<EnvironmentSnapshot>) -> Self {
+    pub fn new(sender: UnboundedSender<SnapshotDelivery>) -> Self {
         Self { sender }
     }
 }
@@ -65,9 +71,19 @@ impl InProcessTransport {
 #[async_trait]
 impl SnapshotTransport for InProcessTransport {
     async fn send(&self, snapshot: &EnvironmentSnapshot) -> Result<(), PublishError> {
+        let (applied, live) = tokio::sync::oneshot::channel();
         self.sender
-            .send(snapshot.clone())
-            .map_err(|_| PublishError::Closed)
+            .send(SnapshotDelivery {
+                snapshot: snapshot.clone(),
+                applied: Some(applied),
+            })
+            .map_err(|_| PublishError::Closed)?;
+        // Before the data plane has started (startup publish) nobody applies yet: don't wait
+        // for long. A dropped ack means the data plane is gone.
+        match tokio::time::timeout(IN_PROCESS_APPLY_WAIT, live).await {
+            Ok(Ok(())) | Err(_) => Ok(()),
+            Ok(Err(_)) => Err(PublishError::Closed),
+        }
     }
 }
 

@@ -51,10 +51,29 @@ pub struct DataPlaneConfig {
     pub upstream_ca_file: Option<PathBuf>,
 }
 
+/// One snapshot handed to an in-process data plane.
+#[derive(Debug)]
+pub struct SnapshotDelivery {
+    pub snapshot: airlock_shared::wire::EnvironmentSnapshot,
+    /// Completed once the snapshot is live (or was ignored as stale), so the in-process
+    /// control plane can answer a mutation only after its effect is visible: read-your-writes
+    /// for `airlock dev`.
+    pub applied: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl From<airlock_shared::wire::EnvironmentSnapshot> for SnapshotDelivery {
+    fn from(snapshot: airlock_shared::wire::EnvironmentSnapshot) -> Self {
+        Self {
+            snapshot,
+            applied: None,
+        }
+    }
+}
+
 /// Where the data plane gets its environment snapshots from.
 pub enum ConfigSource {
     /// `airlock dev`: the in-process control plane sends every changed environment snapshot.
-    InProcess(tokio::sync::mpsc::UnboundedReceiver<airlock_shared::wire::EnvironmentSnapshot>),
+    InProcess(tokio::sync::mpsc::UnboundedReceiver<SnapshotDelivery>),
     /// Separate processes: snapshots in Redis.
     Redis {
         /// `redis://`, `rediss://` or `unix://` URL.
@@ -258,23 +277,42 @@ pub fn hide_pingora_debug_logs(
     tracing_subscriber::filter::FilterFn::new(keep as fn(&tracing::Metadata<'_>) -> bool)
 }
 
-/// Block until SIGTERM or SIGINT (for the binary).
-pub fn wait_for_shutdown_signal() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot build the signal runtime")?;
-    runtime.block_on(async {
-        let mut terminate =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .context("cannot listen for SIGTERM")?;
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
-            result = tokio::signal::ctrl_c() => {
-                result.context("cannot listen for SIGINT")?;
-                tracing::info!("SIGINT received, shutting down");
+/// SIGTERM and SIGINT handlers for the binary, registered when created: before the ready
+/// line is printed, so a supervisor that signals as soon as it reads that line is not lost.
+pub struct ShutdownSignals {
+    runtime: tokio::runtime::Runtime,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    /// Register the handlers.
+    pub fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot build the signal runtime")?;
+        let (terminate, interrupt) = runtime.block_on(async {
+            anyhow::Ok((
+                signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+                signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            ))
+        })?;
+        Ok(Self {
+            runtime,
+            terminate,
+            interrupt,
+        })
+    }
+
+    /// Block until SIGTERM or SIGINT arrives.
+    pub fn wait(mut self) {
+        self.runtime.block_on(async {
+            tokio::select! {
+                _ = self.terminate.recv() => tracing::info!("SIGTERM received, shutting down"),
+                _ = self.interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
             }
-        }
-        Ok(())
-    })
+        });
+    }
 }

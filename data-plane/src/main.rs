@@ -23,11 +23,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     let config = cli.into_config(std::env::var(SEAL_KEY_ENV).ok())?;
     let handle = airlock_data_plane::spawn(config)?;
+    let signals = airlock_data_plane::ShutdownSignals::install()?;
     println!(
         "airlock-data-plane listening on http://{}",
         handle.listen_addr()
     );
-    airlock_data_plane::wait_for_shutdown_signal()?;
+    signals.wait();
     handle.shutdown();
     Ok(())
 }

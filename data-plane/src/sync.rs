@@ -22,6 +22,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use redis::AsyncCommands as _;
 use tokio::sync::mpsc::UnboundedReceiver;
+
+use crate::SnapshotDelivery;
 use uuid::Uuid;
 
 use crate::snapshot::{ApplyOutcome, SnapshotStore};
@@ -88,18 +90,18 @@ async fn shutting_down(shutdown: &mut ShutdownWatch) {
 
 async fn run_in_process(
     store: &SnapshotStore,
-    mut receiver: UnboundedReceiver<EnvironmentSnapshot>,
+    mut receiver: UnboundedReceiver<SnapshotDelivery>,
     mut shutdown: ShutdownWatch,
 ) {
     // Everything queued before the service started is the initial sync.
-    while let Ok(snapshot) = receiver.try_recv() {
-        apply(store, snapshot);
+    while let Ok(delivery) = receiver.try_recv() {
+        deliver(store, delivery);
     }
     store.mark_synced();
     loop {
         tokio::select! {
             received = receiver.recv() => match received {
-                Some(snapshot) => apply(store, snapshot),
+                Some(delivery) => deliver(store, delivery),
                 None => {
                     tracing::info!("in-process config channel closed; serving the last snapshot");
                     shutting_down(&mut shutdown).await;
@@ -108,6 +110,14 @@ async fn run_in_process(
             },
             _ = shutting_down(&mut shutdown) => return,
         }
+    }
+}
+
+fn deliver(store: &SnapshotStore, delivery: SnapshotDelivery) {
+    apply(store, delivery.snapshot);
+    if let Some(applied) = delivery.applied {
+        // The sender may have stopped waiting; nothing to do then.
+        let _ = applied.send(());
     }
 }
 

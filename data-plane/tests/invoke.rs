@@ -448,7 +448,7 @@ async fn a_new_revision_is_live_within_a_second_and_an_older_one_is_ignored() {
         .function("pong", "GET", &format!("{base}/pong"), &[], None, 1000)
         .key(API_KEY, &["*"])
         .build();
-    plane.sender.send(v6).unwrap();
+    plane.sender.send(v6.into()).unwrap();
     let took = eventually(Duration::from_secs(1), || async {
         plane.invoke("pong", Some(API_KEY), "").await.status() == 200
     })
@@ -463,7 +463,7 @@ async fn a_new_revision_is_live_within_a_second_and_an_older_one_is_ignored() {
     // An older revision arriving late changes nothing.
     plane
         .sender
-        .send(environment(&key, &upstream, env, 4).build())
+        .send(environment(&key, &upstream, env, 4).build().into())
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(plane.invoke("ping", Some(API_KEY), "").await.status(), 404);

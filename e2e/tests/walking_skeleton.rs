@@ -474,11 +474,68 @@ fn assert_no_canary(haystack: &[u8], canaries: &[String], place: &str) {
     }
 }
 
+/// Under `airlock dev` a mutation returns only once the data plane serves its effect, so a
+/// script may use a key or a rotated secret right away.
+async fn dev_mode_reads_its_own_writes(airlock: &Airlock, httpbin: &Httpbin) -> Result<()> {
+    let tenant = airlock
+        .graphql_ok(CREATE_TENANT, json!({"name": "rw"}))
+        .await?;
+    let tenant_id = tenant["createTenant"]["id"].as_str().unwrap();
+    let env = airlock
+        .graphql_ok(CREATE_ENV, json!({"t": tenant_id, "name": "dev"}))
+        .await?;
+    let env_id = env["createEnvironment"]["id"].as_str().unwrap();
+    airlock
+        .graphql_ok(
+            CREATE_FUNCTION,
+            json!({"input": {"tenantId": tenant_id, "name": "bearer", "method": "GET",
+                   "url": format!("{}/bearer", httpbin.url),
+                   "headers": [{"name": "Authorization", "value": "Bearer {{secrets.T}}"}]}}),
+        )
+        .await?;
+    for version in 1..=3 {
+        let value = format!("rw-{version}-{}", uuid::Uuid::new_v4().simple());
+        airlock
+            .graphql_ok(
+                SET_SECRET,
+                json!({"e": env_id, "name": "T", "value": value}),
+            )
+            .await?;
+        let key = airlock
+            .graphql_ok(
+                CREATE_KEY,
+                json!({"e": env_id, "name": format!("k{version}"), "functions": ["bearer"]}),
+            )
+            .await?["createApiKey"]["key"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let resp = airlock.invoke("bearer", &key, json!({})).await?;
+        assert_eq!(
+            resp.status(),
+            200,
+            "a new key must work at once under airlock dev"
+        );
+        let body: Value = resp.json().await?;
+        assert_eq!(
+            body["token"],
+            value.as_str(),
+            "the new secret version must be live at once"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dev_mode_one_process() -> Result<()> {
     let mut airlock = Airlock::dev().await?;
     let httpbin = Httpbin::start(airlock.data_dir.path()).await?;
-    let result = run_all(&mut airlock, &httpbin).await;
+    let mut result = run_all(&mut airlock, &httpbin).await;
+    if result.is_ok() {
+        if let Err(error) = dev_mode_reads_its_own_writes(&airlock, &httpbin).await {
+            result = Err(error);
+        }
+    }
     if result.is_err() {
         eprintln!("--- airlock output ---\n{}", airlock.logs());
     }

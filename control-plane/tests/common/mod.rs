@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use airlock_control_plane::graphql::{build_schema, AppSchema};
 use airlock_control_plane::publish::{ConfigPublisher, InProcessTransport};
 use airlock_control_plane::state::AppState;
+use airlock_data_plane::SnapshotDelivery;
 use airlock_shared::seal::OpeningKey;
 use airlock_shared::wire::EnvironmentSnapshot;
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
@@ -216,7 +217,20 @@ impl TestApp {
     pub async fn new(backend: Backend) -> Self {
         let db = TestDb::new(backend).await;
         let opening_key = OpeningKey::generate();
-        let (sender, snapshots) = tokio::sync::mpsc::unbounded_channel();
+        let (sender, mut deliveries) = tokio::sync::mpsc::unbounded_channel::<SnapshotDelivery>();
+        let (forward, snapshots) = tokio::sync::mpsc::unbounded_channel();
+        // Stands in for the in-process data plane: takes each snapshot and acknowledges it, so
+        // publishes return at once. Closing `snapshots` stops it, like a stopped data plane.
+        tokio::spawn(async move {
+            while let Some(delivery) = deliveries.recv().await {
+                if forward.send(delivery.snapshot).is_err() {
+                    break;
+                }
+                if let Some(applied) = delivery.applied {
+                    let _ = applied.send(());
+                }
+            }
+        });
         let state = AppState {
             db: db.db.clone(),
             sealing_key: opening_key.sealing_key().clone(),

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_data_plane::{ConfigSource, DataPlaneConfig, DataPlaneHandle};
+use airlock_data_plane::{ConfigSource, DataPlaneConfig, DataPlaneHandle, SnapshotDelivery};
 use airlock_shared::api_key::ApiKeyHash;
 use airlock_shared::seal::{OpeningKey, SecretIdentity};
 use airlock_shared::wire::{ApiKeyGrant, EnvironmentSnapshot, FunctionSpec, HeaderSpec};
@@ -326,7 +326,7 @@ impl SnapshotBuilder {
 /// A data plane fed in-process, on a free port.
 pub struct TestPlane {
     pub handle: Option<DataPlaneHandle>,
-    pub sender: UnboundedSender<EnvironmentSnapshot>,
+    pub sender: UnboundedSender<SnapshotDelivery>,
     pub base: String,
     pub client: reqwest::Client,
 }
@@ -344,7 +344,7 @@ impl TestPlane {
     ) -> Self {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         for snapshot in initial {
-            sender.send(snapshot).unwrap();
+            sender.send(snapshot.into()).unwrap();
         }
         let handle = start_plane(key, ConfigSource::InProcess(receiver), upstream_ca_file).await;
         let plane = Self {
