@@ -250,6 +250,9 @@ pub struct RenderedRequest {
     pub path_and_query: String,
     pub headers: Vec<(String, String)>,
     pub body: Option<Vec<u8>>,
+    /// Names of the secrets injected (from templates and `{"$secret": ...}` arguments), once
+    /// each: for host binding checks, redaction and the audit log.
+    pub secrets_used: Vec<String>,
 }
 
 impl FunctionTemplate {
@@ -318,10 +321,19 @@ impl FunctionTemplate {
     ) -> Result<RenderedRequest, RenderError> {
         let lookup = |ph: &Placeholder| -> Result<Resolved<'_, 's>, RenderError> {
             match ph.namespace {
-                Namespace::Args => args
-                    .get(&ph.name)
-                    .map(Resolved::Arg)
-                    .ok_or_else(|| RenderError::MissingArgument(ph.name.clone())),
+                Namespace::Args => {
+                    let value = args
+                        .get(&ph.name)
+                        .ok_or_else(|| RenderError::MissingArgument(ph.name.clone()))?;
+                    match secret_reference(value) {
+                        // The client names a secret; its value is looked up here and never
+                        // passes through the client.
+                        Some(name) => secret(name)
+                            .map(Resolved::Secret)
+                            .ok_or_else(|| RenderError::MissingSecret(name.to_string())),
+                        None => Ok(Resolved::Arg(value)),
+                    }
+                }
                 Namespace::Secrets => secret(&ph.name)
                     .map(Resolved::Secret)
                     .ok_or_else(|| RenderError::MissingSecret(ph.name.clone())),
@@ -407,6 +419,19 @@ impl FunctionTemplate {
             format!("{host_text}:{}", self.port)
         };
 
+        let mut secrets_used: Vec<String> = Vec::new();
+        for ph in self.placeholders() {
+            let name = match ph.namespace {
+                Namespace::Secrets => Some(ph.name.as_str()),
+                Namespace::Args => args.get(&ph.name).and_then(secret_reference),
+            };
+            if let Some(name) = name {
+                if !secrets_used.iter().any(|used| used == name) {
+                    secrets_used.push(name.to_string());
+                }
+            }
+        }
+
         Ok(RenderedRequest {
             method: self.method.clone(),
             scheme: self.scheme,
@@ -416,9 +441,21 @@ impl FunctionTemplate {
             path_and_query,
             headers,
             body,
+            secrets_used,
         })
     }
 }
+
+/// The secret an argument refers to, when it is a reference: `{"$secret": "NAME"}`.
+pub fn secret_reference(value: &Value) -> Option<&str> {
+    match value {
+        Value::Object(map) if map.len() == 1 => map.get(SECRET_REFERENCE_KEY)?.as_str(),
+        _ => None,
+    }
+}
+
+/// Key of a secret reference argument, `{"$secret": "NAME"}`.
+pub const SECRET_REFERENCE_KEY: &str = "$secret";
 
 enum Resolved<'a, 's> {
     Arg(&'a Value),
@@ -867,6 +904,45 @@ mod tests {
             Some(r#"{"a": "{{args.x}}"}"#)
         ))
         .is_ok());
+    }
+
+    #[test]
+    fn secret_references_in_arguments_are_resolved_and_reported() {
+        let f = FunctionTemplate::compile(&spec(
+            "POST",
+            "http://h/{{args.a}}",
+            &[
+                ("x-key", "{{args.k}}"),
+                ("authorization", "Bearer {{secrets.TOKEN}}"),
+            ],
+            Some(r#"{"v": {{args.k}}, "s": "{{args.k}}"}"#),
+        ))
+        .unwrap();
+        let secrets = |n: &str| match n {
+            "TOKEN" => Some("tok"),
+            "OTHER" => Some("o\"v"),
+            _ => None,
+        };
+        let r = f
+            .render(
+                &args(json!({"a": "plain", "k": {"$secret": "OTHER"}})),
+                secrets,
+            )
+            .unwrap();
+        assert_eq!(r.headers[0], ("x-key".to_string(), "o\"v".to_string()));
+        let body: Value = serde_json::from_slice(r.body.as_ref().unwrap()).unwrap();
+        assert_eq!(body, json!({"v": "o\"v", "s": "o\"v"}));
+        assert_eq!(
+            r.secrets_used,
+            vec!["OTHER".to_string(), "TOKEN".to_string()]
+        );
+        assert_eq!(
+            f.render(&args(json!({"a": "p", "k": {"$secret": "NOPE"}})), secrets),
+            Err(RenderError::MissingSecret("NOPE".into()))
+        );
+        // Objects that merely contain the key are ordinary arguments.
+        assert!(secret_reference(&json!({"$secret": "X", "y": 1})).is_none());
+        assert!(secret_reference(&json!({"$secret": 1})).is_none());
     }
 
     #[test]
