@@ -755,14 +755,20 @@ async fn secret_values_never_leave_the_vault(mut app: TestApp) {
         version: 1,
     };
     assert_eq!(
-        app.opening_key.open(identity, sealed).unwrap().expose(),
+        app.opening_key
+            .open(identity, &sealed.sealed)
+            .unwrap()
+            .expose(),
         CANARY
     );
     let wrong_identity = SecretIdentity {
         name: "OTHER",
         ..identity
     };
-    assert!(app.opening_key.open(wrong_identity, sealed).is_err());
+    assert!(app
+        .opening_key
+        .open(wrong_identity, &sealed.sealed)
+        .is_err());
 }
 
 async fn every_mutation_publishes_a_snapshot(mut app: TestApp) {
@@ -815,7 +821,7 @@ async fn every_mutation_publishes_a_snapshot(mut app: TestApp) {
         .all(|s| s.environment_id.to_string() == prod));
     assert!(snapshots[1].revision > snapshots[0].revision);
     let latest = &snapshots[1];
-    assert_eq!(latest.secrets["API_TOKEN"].version, 2);
+    assert_eq!(latest.secrets["API_TOKEN"].sealed.version, 2);
     let identity = SecretIdentity {
         tenant_id: latest.tenant_id,
         environment_id: latest.environment_id,
@@ -824,7 +830,7 @@ async fn every_mutation_publishes_a_snapshot(mut app: TestApp) {
     };
     assert_eq!(
         app.opening_key
-            .open(identity, &latest.secrets["API_TOKEN"])
+            .open(identity, &latest.secrets["API_TOKEN"].sealed)
             .unwrap()
             .expose(),
         "two"
@@ -847,7 +853,7 @@ async fn every_mutation_publishes_a_snapshot(mut app: TestApp) {
     assert_eq!(grants[0].name, "billing");
     assert!(grants[0].allows("get_user"));
     assert!(!grants[0].allows("other"));
-    assert_eq!(snapshots[0].secrets["API_TOKEN"].version, 2);
+    assert_eq!(snapshots[0].secrets["API_TOKEN"].sealed.version, 2);
     assert!(
         !serde_json::to_string(&snapshots[0]).unwrap().contains(key),
         "snapshots carry hashes, not keys"

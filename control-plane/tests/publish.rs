@@ -176,7 +176,7 @@ async fn mutations_are_published_through_redis() {
     assert!(!stored.contains(CANARY), "Redis holds secrets sealed only");
     let snapshot: EnvironmentSnapshot = serde_json::from_str(&stored).unwrap();
     assert!(snapshot.functions.contains_key("get_user"));
-    assert_eq!(snapshot.secrets["TOKEN"].version, 1);
+    assert_eq!(snapshot.secrets["TOKEN"].sealed.version, 1);
     let revision: i64 = connection
         .hget(names.snapshot_index(), &environment)
         .await

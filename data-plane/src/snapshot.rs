@@ -89,14 +89,15 @@ impl CompiledEnvironment {
         }
 
         let mut secrets = HashMap::with_capacity(sealed_secrets.len());
-        for (name, sealed) in sealed_secrets {
+        for (name, entry) in sealed_secrets {
+            let sealed = &entry.sealed;
             let identity = SecretIdentity {
                 tenant_id,
                 environment_id,
                 name: &name,
                 version: sealed.version,
             };
-            match opening_key.open(identity, &sealed) {
+            match opening_key.open(identity, sealed) {
                 Ok(value) => {
                     secrets.insert(name, value);
                 }
@@ -345,6 +346,14 @@ mod tests {
         }
     }
 
+    /// A secret entry bound to every host the tests use.
+    fn entry(sealed: airlock_shared::seal::SealedSecret) -> airlock_shared::wire::SecretEntry {
+        airlock_shared::wire::SecretEntry {
+            sealed,
+            allowed_hosts: vec![airlock_shared::hosts::HostPattern::parse("127.0.0.1").unwrap()],
+        }
+    }
+
     fn snapshot(environment_id: Uuid, revision: i64) -> EnvironmentSnapshot {
         EnvironmentSnapshot {
             tenant_id: TENANT,
@@ -383,21 +392,23 @@ mod tests {
         let mut s = snapshot(ENV_A, 1);
         s.secrets.insert(
             "GOOD".into(),
-            sealing.seal(identity("GOOD"), "good-value").unwrap(),
+            entry(sealing.seal(identity("GOOD"), "good-value").unwrap()),
         );
         // Sealed for another name: the identity binding must refuse it.
         s.secrets.insert(
             "MOVED".into(),
-            sealing.seal(identity("OTHER"), "moved").unwrap(),
+            entry(sealing.seal(identity("OTHER"), "moved").unwrap()),
         );
         // Sealed to another data plane's key.
         let foreign = OpeningKey::generate();
         s.secrets.insert(
             "FOREIGN".into(),
-            foreign
-                .sealing_key()
-                .seal(identity("FOREIGN"), "x")
-                .unwrap(),
+            entry(
+                foreign
+                    .sealing_key()
+                    .seal(identity("FOREIGN"), "x")
+                    .unwrap(),
+            ),
         );
         let env = CompiledEnvironment::compile(s, &key);
         assert_eq!(env.secret("GOOD"), Some("good-value"));

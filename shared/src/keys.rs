@@ -4,6 +4,9 @@
 /// Default prefix for every Redis key Airlock writes.
 pub const DEFAULT_PREFIX: &str = "airlock";
 
+/// Consumer group of the control planes on [`RedisNames::events_stream`].
+pub const EVENTS_GROUP: &str = "control-plane";
+
 /// Names of the Redis keys and channels used to distribute config snapshots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RedisNames {
@@ -32,6 +35,12 @@ impl RedisNames {
         format!("{}:snapshot:index", self.prefix)
     }
 
+    /// Stream of [`crate::events::GatewayEvent`]s from data planes (field `event`, JSON),
+    /// consumed by control planes in the consumer group [`EVENTS_GROUP`].
+    pub fn events_stream(&self) -> String {
+        format!("{}:events", self.prefix)
+    }
+
     /// Pub/sub channel; each message is the id of an environment whose snapshot changed.
     pub fn config_channel(&self) -> String {
         format!("{}:config:changed", self.prefix)
@@ -58,5 +67,6 @@ mod tests {
         );
         assert_eq!(names.snapshot_index(), "t1:snapshot:index");
         assert_eq!(names.config_channel(), "t1:config:changed");
+        assert_eq!(names.events_stream(), "t1:events");
     }
 }

@@ -11,6 +11,7 @@
 //! No axum, pingora or sea-orm here.
 
 pub mod api_key;
+pub mod events;
 pub mod hosts;
 pub mod keys;
 pub mod seal;

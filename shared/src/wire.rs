@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api_key::ApiKeyHash;
+use crate::hosts::HostPattern;
 use crate::seal::SealedSecret;
 
 /// Everything a data plane needs to serve one environment.
@@ -22,10 +23,19 @@ pub struct EnvironmentSnapshot {
     pub revision: i64,
     /// Functions of the tenant, by name. Defined once per tenant, run in this environment.
     pub functions: BTreeMap<String, FunctionSpec>,
-    /// Current version of each secret of this environment, by name, sealed.
-    pub secrets: BTreeMap<String, SealedSecret>,
+    /// Current version of each secret of this environment, by name, sealed, with its binding.
+    pub secrets: BTreeMap<String, SecretEntry>,
     /// API keys of this environment.
     pub api_keys: Vec<ApiKeyGrant>,
+}
+
+/// One secret as a data plane receives it: the sealed current version and the hosts it may
+/// be sent to. An empty `allowed_hosts` means the secret may be sent nowhere.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretEntry {
+    pub sealed: SealedSecret,
+    pub allowed_hosts: Vec<HostPattern>,
 }
 
 /// A trained function as stored: the template sources. See [`crate::template`].

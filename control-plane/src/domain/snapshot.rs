@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use airlock_shared::seal::SealedSecret;
+use airlock_shared::wire::SecretEntry;
 use airlock_shared::wire::{ApiKeyGrant, EnvironmentSnapshot};
 use sea_orm::{
     AccessMode, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
@@ -71,7 +72,7 @@ pub async fn build(
 async fn current_secrets(
     db: &impl ConnectionTrait,
     environment_id: Uuid,
-) -> Result<BTreeMap<String, SealedSecret>, AppError> {
+) -> Result<BTreeMap<String, SecretEntry>, AppError> {
     let secrets = secret::Entity::find()
         .filter(secret::Column::EnvironmentId.eq(environment_id))
         .all(db)
@@ -105,7 +106,13 @@ async fn current_secrets(
                 "secret {secret_id} version {version} has a malformed sealed value: {e}"
             ))
         })?;
-        current.insert(secret.name.clone(), sealed);
+        current.insert(
+            secret.name.clone(),
+            SecretEntry {
+                sealed,
+                allowed_hosts: Vec::new(),
+            },
+        );
     }
     // A secret without its current version would be a broken invariant; failing closed
     // (the data plane reports the secret missing) is right, but say so loudly.

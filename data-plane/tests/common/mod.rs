@@ -304,7 +304,15 @@ impl SnapshotBuilder {
             version: 1,
         };
         let sealed = key.sealing_key().seal(identity, value).unwrap();
-        self.snapshot.secrets.insert(name.into(), sealed);
+        // Bound to the local test upstreams.
+        let allowed_hosts = vec![airlock_shared::hosts::HostPattern::parse("127.0.0.1").unwrap()];
+        self.snapshot.secrets.insert(
+            name.into(),
+            airlock_shared::wire::SecretEntry {
+                sealed,
+                allowed_hosts,
+            },
+        );
         self
     }
 

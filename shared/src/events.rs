@@ -1,0 +1,102 @@
+//! Events: what a data plane reports to the control plane.
+//!
+//! Every failure, every denied request and every use of a secret becomes a [`GatewayEvent`].
+//! Data planes send them over Redis Streams ([`crate::keys::RedisNames::events_stream`],
+//! consumed by the control planes in a consumer group, acknowledged once stored) or, under
+//! `airlock dev`, over an in-process channel. Events carry names and ids, never a secret value
+//! or an API key.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// Secrets were injected into an upstream request (the audit trail of secret use).
+    SecretUsed,
+    /// Missing or unknown API key.
+    AuthDenied,
+    /// The key is not granted the function.
+    ScopeDenied,
+    /// A secret the request needs is not set, or could not be opened: the request failed closed.
+    SecretUnavailable,
+    /// A secret would have gone to a host it is not bound to: refused, nothing sent.
+    SecretHostDenied,
+    /// The upstream could not be reached.
+    UpstreamUnreachable,
+    /// The upstream did not answer in time.
+    UpstreamTimeout,
+    /// The upstream answered with a 5xx status.
+    UpstreamError,
+}
+
+impl EventKind {
+    /// Stable dotted name, as used in queries and sinks (`secret.used`, `auth.denied`...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::SecretUsed => "secret.used",
+            Self::AuthDenied => "auth.denied",
+            Self::ScopeDenied => "scope.denied",
+            Self::SecretUnavailable => "secret.unavailable",
+            Self::SecretHostDenied => "secret.host_denied",
+            Self::UpstreamUnreachable => "upstream.unreachable",
+            Self::UpstreamTimeout => "upstream.timeout",
+            Self::UpstreamError => "upstream.error",
+        }
+    }
+}
+
+/// One event from a data plane.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayEvent {
+    /// Unique id (UUID v7: sortable by time); consumers deduplicate on it.
+    pub id: Uuid,
+    pub at: DateTime<Utc>,
+    pub kind: EventKind,
+    /// Unknown when the API key was not recognised.
+    pub tenant_id: Option<Uuid>,
+    pub environment_id: Option<Uuid>,
+    /// The `x-airlock-request-id` of the request.
+    pub request_id: String,
+    pub function: Option<String>,
+    pub api_key_id: Option<Uuid>,
+    /// Names of the secrets involved (used, missing or refused). Never values.
+    pub secrets: Vec<String>,
+    /// Destination host of the upstream request, when known.
+    pub upstream_host: Option<String>,
+    /// Status returned to the client.
+    pub status: u16,
+    /// Human-readable detail. Never contains a secret value or an API key.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_round_trips_as_camel_case_json() {
+        let event = GatewayEvent {
+            id: Uuid::now_v7(),
+            at: Utc::now(),
+            kind: EventKind::SecretHostDenied,
+            tenant_id: Some(Uuid::nil()),
+            environment_id: None,
+            request_id: "r".into(),
+            function: Some("f".into()),
+            api_key_id: None,
+            secrets: vec!["TOKEN".into()],
+            upstream_host: Some("evil.example".into()),
+            status: 403,
+            message: "m".into(),
+        };
+        let json = serde_json::to_value(&event).unwrap();
+        assert_eq!(json["kind"], "secret_host_denied");
+        assert_eq!(json["requestId"], "r");
+        assert_eq!(serde_json::from_value::<GatewayEvent>(json).unwrap(), event);
+        assert_eq!(EventKind::SecretHostDenied.as_str(), "secret.host_denied");
+    }
+}
