@@ -255,6 +255,69 @@ impl OpeningKey {
     }
 }
 
+/// The opening keys a data plane holds: normally one, two while the sealing key is rotated
+/// (secrets sealed to the old key and to the new one both open). Picks the key by the id a
+/// sealed secret names.
+#[derive(Clone, Debug)]
+pub struct OpeningKeyring {
+    keys: Vec<OpeningKey>,
+}
+
+impl OpeningKeyring {
+    /// A keyring of at least one key. Duplicate keys are kept once.
+    pub fn new(keys: Vec<OpeningKey>) -> Result<Self, SealError> {
+        let mut unique: Vec<OpeningKey> = Vec::with_capacity(keys.len());
+        for key in keys {
+            if !unique
+                .iter()
+                .any(|k| k.sealing.key_id == key.sealing.key_id)
+            {
+                unique.push(key);
+            }
+        }
+        if unique.is_empty() {
+            return Err(SealError::InvalidKey("at least one opening key is needed"));
+        }
+        Ok(Self { keys: unique })
+    }
+
+    /// Parse keys separated by commas or newlines (the format of `AIRLOCK_SEAL_KEY` and of
+    /// key files holding several keys).
+    pub fn from_base64_list(text: &str) -> Result<Self, SealError> {
+        let keys = text
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(OpeningKey::from_base64)
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::new(keys)
+    }
+
+    /// Ids of the keys held, in order.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().map(|k| k.sealing.key_id())
+    }
+
+    /// Open `sealed` with the key it was sealed to.
+    pub fn open(
+        &self,
+        identity: SecretIdentity<'_>,
+        sealed: &SealedSecret,
+    ) -> Result<SecretValue, SealError> {
+        self.keys
+            .iter()
+            .find(|k| k.sealing.key_id == sealed.key_id)
+            .ok_or_else(|| SealError::UnknownKey(sealed.key_id.clone()))?
+            .open(identity, sealed)
+    }
+}
+
+impl From<OpeningKey> for OpeningKeyring {
+    fn from(key: OpeningKey) -> Self {
+        Self { keys: vec![key] }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -339,5 +402,47 @@ mod tests {
         assert!(OpeningKey::from_base64("not base64!").is_err());
         assert!(SealingKey::from_base64("AAAA").is_err());
         assert!(!format!("{key:?}").contains(key.to_base64().as_str()));
+    }
+
+    #[test]
+    fn keyring_opens_with_the_key_each_secret_names() {
+        let old = OpeningKey::generate();
+        let new = OpeningKey::generate();
+        let a = old
+            .sealing_key()
+            .seal(identity("A", 1), "old-sealed")
+            .unwrap();
+        let b = new
+            .sealing_key()
+            .seal(identity("B", 1), "new-sealed")
+            .unwrap();
+        let list = format!(
+            "{}, {}\n",
+            old.to_base64().as_str(),
+            new.to_base64().as_str()
+        );
+        let ring = OpeningKeyring::from_base64_list(&list).unwrap();
+        assert_eq!(ring.key_ids().count(), 2);
+        assert_eq!(
+            ring.open(identity("A", 1), &a).unwrap().expose(),
+            "old-sealed"
+        );
+        assert_eq!(
+            ring.open(identity("B", 1), &b).unwrap().expose(),
+            "new-sealed"
+        );
+        let only_new = OpeningKeyring::from(new.clone());
+        assert!(matches!(
+            only_new.open(identity("A", 1), &a),
+            Err(SealError::UnknownKey(_))
+        ));
+        assert!(OpeningKeyring::from_base64_list(" , ").is_err());
+        assert!(
+            OpeningKeyring::new(vec![new.clone(), new])
+                .unwrap()
+                .key_ids()
+                .count()
+                == 1
+        );
     }
 }
