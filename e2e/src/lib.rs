@@ -133,13 +133,25 @@ pub async fn wait_ready(url: &str, process: &mut Process) -> Result<()> {
 /// httpbin (the PyPI package) served by gunicorn on a free port: a real upstream API.
 pub struct Httpbin {
     pub url: String,
-    /// gunicorn's access log: one raw request line (`POST /path?query HTTP/1.1`) per request,
-    /// exactly as it arrived on the wire (httpbin's own answers show decoded URLs).
+    /// gunicorn's access log: per request, the raw request line (`POST /path?query HTTP/1.1`)
+    /// exactly as it arrived on the wire (httpbin's own answers show decoded URLs), a tab, and
+    /// the `Authorization` header received (`-` when none). Lets tests see what the upstream
+    /// really got, even when the response to the client is redacted.
     pub access_log: PathBuf,
     _process: Process,
 }
 
 impl Httpbin {
+    /// Every access log entry so far: (request line, Authorization header or `-`).
+    pub fn requests(&self) -> Vec<(String, String)> {
+        std::fs::read_to_string(&self.access_log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once('\t'))
+            .map(|(line, auth)| (line.to_string(), auth.to_string()))
+            .collect()
+    }
+
     /// The last raw request line containing `needle`. gunicorn writes its access log just
     /// after the response has gone out, so this waits briefly for the line to appear.
     pub async fn request_line_containing(&self, needle: &str) -> Result<String> {
@@ -163,7 +175,7 @@ impl Httpbin {
         command
             .arg("--access-logfile")
             .arg(&access_log)
-            .args(["--access-logformat", "%(r)s"]);
+            .args(["--access-logformat", "%(r)s\t%({authorization}i)s"]);
         command.args([
             "--bind",
             &format!("127.0.0.1:{port}"),

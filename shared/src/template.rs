@@ -132,9 +132,15 @@ pub struct Template {
 impl Template {
     /// Parse `source`. `field` names the template in error messages (`url`, `body`...).
     pub fn parse(field: &str, source: &str) -> Result<Self, TemplateError> {
+        Self::parse_at(field, source, 0)
+    }
+
+    /// Parse `source`, a part of a larger field starting at byte `base` of it (so error
+    /// positions point into the whole field).
+    fn parse_at(field: &str, source: &str, base: usize) -> Result<Self, TemplateError> {
         let mut parts = Vec::new();
         let mut rest = source;
-        let mut offset = 0;
+        let mut offset = base;
         while let Some(start) = rest.find("{{") {
             if start > 0 {
                 parts.push(Part::Literal(rest[..start].to_string()));
@@ -501,6 +507,8 @@ struct ParsedUrl {
 
 fn parse_url(source: &str) -> Result<ParsedUrl, TemplateError> {
     let source = source.trim();
+    // Byte offset of a sub-slice of `source`, for error positions.
+    let offset_of = |part: &str| part.as_ptr() as usize - source.as_ptr() as usize;
     let (scheme, rest) = if let Some(rest) = source.strip_prefix("https://") {
         (Scheme::Https, rest)
     } else if let Some(rest) = source.strip_prefix("http://") {
@@ -544,13 +552,19 @@ fn parse_url(source: &str) -> Result<ParsedUrl, TemplateError> {
         Some((p, q)) => (p, Some(q)),
         None => (path_and_query, None),
     };
-    let path = if path.is_empty() { "/" } else { path };
+    let path = if path.is_empty() {
+        Template::parse("url", "/")?
+    } else {
+        Template::parse_at("url", path, offset_of(path))?
+    };
     Ok(ParsedUrl {
         scheme,
         host,
         port,
-        path: Template::parse("url", path)?,
-        query: query.map(|q| Template::parse("url", q)).transpose()?,
+        path,
+        query: query
+            .map(|q| Template::parse_at("url", q, offset_of(q)))
+            .transpose()?,
     })
 }
 
@@ -739,6 +753,22 @@ mod tests {
             r.path_and_query,
             "/anything/a%20b%2Fc%3Fd%26e%3Df%22g%23%C3%BC?q=a%20b%2Fc%3Fd%26e%3Df%22g%23%C3%BC&n=5"
         );
+    }
+
+    #[test]
+    fn url_errors_point_into_the_whole_url() {
+        assert_eq!(
+            FunctionTemplate::compile(&spec("GET", "http://127.0.0.1:8002/{{args.x", &[], None))
+                .unwrap_err(),
+            TemplateError::Unclosed {
+                field: "url".into(),
+                at: 22
+            }
+        );
+        assert!(matches!(
+            FunctionTemplate::compile(&spec("GET", "http://h/p?a={{args.x", &[], None)),
+            Err(TemplateError::Unclosed { at: 13, .. })
+        ));
     }
 
     #[test]
