@@ -38,6 +38,9 @@ pub enum CliCommand {
     Serve(ServeArgs),
     /// Write a new data-plane opening key and print the public key for the control plane.
     Keygen(KeygenArgs),
+    /// Re-seal every stored secret version from an old sealing key to a new one (key rotation;
+    /// see docs/OPERATIONS.md).
+    Reseal(ResealArgs),
 }
 
 /// Flags shared by `dev` and `serve`.
@@ -52,6 +55,10 @@ pub struct ControlArgs {
     /// Database URL (`postgres://...` or `sqlite://...`); default: SQLite in the data directory.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Base URL people reach this control plane at (`https://airlock.example.com`), used in
+    /// the provisioning links it hands out; default: `http://` + the request's `Host`.
+    #[arg(long, env = "AIRLOCK_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 /// `airlock dev`.
@@ -91,6 +98,36 @@ pub struct KeygenArgs {
     pub out: PathBuf,
 }
 
+/// `airlock reseal`.
+#[derive(Debug, Args)]
+pub struct ResealArgs {
+    /// File holding the old opening (private) key, as written by `airlock keygen` (several
+    /// keys: one per line or comma-separated). Keys are read from this file only.
+    #[arg(long)]
+    pub from_key_file: PathBuf,
+    /// The new base64 public key (printed by `airlock keygen`) to re-seal to.
+    #[arg(long)]
+    pub to_public_key: String,
+    /// Directory holding the default SQLite database.
+    #[arg(long, env = "AIRLOCK_DATA_DIR", default_value = ".airlock")]
+    pub data_dir: PathBuf,
+    /// Database URL (`postgres://...` or `sqlite://...`); default: SQLite in the data directory.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Redis URL: republish the snapshots of every affected environment there.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel; must match the data planes'.
+    #[arg(long, env = "AIRLOCK_REDIS_PREFIX", default_value = DEFAULT_PREFIX)]
+    pub redis_prefix: String,
+    /// Secret versions re-sealed per transaction.
+    #[arg(long, default_value_t = crate::domain::reseal::DEFAULT_BATCH_SIZE)]
+    pub batch_size: u64,
+    /// Check and count only: open every version with the old key, write and publish nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
 /// `HOST:PORT`, where HOST is an IP address or a name that resolves.
 fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = text.parse() {
@@ -107,6 +144,7 @@ pub enum Config {
     Dev(DevConfig),
     Serve(ServeConfig),
     Keygen(KeygenConfig),
+    Reseal(ResealConfig),
 }
 
 /// What both server commands need.
@@ -115,6 +153,8 @@ pub struct ControlConfig {
     pub control_addr: SocketAddr,
     /// `None`: SQLite in the data directory.
     pub database_url: Option<String>,
+    /// Validated public base URL (no trailing slash); `None`: from each request's `Host`.
+    pub public_url: Option<String>,
 }
 
 impl ControlConfig {
@@ -144,6 +184,20 @@ pub struct ServeConfig {
 /// `airlock keygen`, validated.
 pub struct KeygenConfig {
     pub out: PathBuf,
+}
+
+/// `airlock reseal`, validated. Holds no private key: the key file is read when the command
+/// runs, so the key lives no longer than the run.
+pub struct ResealConfig {
+    pub from_key_file: PathBuf,
+    pub to_key: SealingKey,
+    /// `None`: SQLite in `data_dir`, which must already exist.
+    pub database_url: Option<String>,
+    pub data_dir: PathBuf,
+    /// Where to republish affected environments; `None`: not republished.
+    pub redis: Option<(String, RedisNames)>,
+    pub batch_size: u64,
+    pub dry_run: bool,
 }
 
 impl Cli {
@@ -177,16 +231,9 @@ impl Cli {
                 let redis_url = non_empty(args.redis_url).ok_or_else(|| {
                     config_error("REDIS_URL (or --redis-url) is required: `airlock serve` publishes config to data planes through Redis")
                 })?;
-                redis::Client::open(redis_url.as_str()).map_err(|_| {
-                    config_error("REDIS_URL is not a valid Redis URL (expected redis://HOST[:PORT][/DB] or rediss://...)")
-                })?;
+                check_redis_url(&redis_url)?;
                 let prefix = args.redis_prefix;
-                if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control())
-                {
-                    return Err(config_error(
-                        "AIRLOCK_REDIS_PREFIX must be non-empty and contain no whitespace",
-                    ));
-                }
+                check_redis_prefix(&prefix)?;
                 let public_key = non_empty(args.seal_public_key).ok_or_else(|| {
                     config_error("AIRLOCK_SEAL_PUBLIC_KEY (or --seal-public-key) is required: the base64 public key printed by `airlock keygen`")
                 })?;
@@ -200,12 +247,96 @@ impl Cli {
                 }))
             }
             CliCommand::Keygen(args) => Ok(Config::Keygen(KeygenConfig { out: args.out })),
+            CliCommand::Reseal(args) => reseal_config(args).map(Config::Reseal),
         }
     }
 }
 
+fn check_redis_url(url: &str) -> Result<(), ConfigError> {
+    redis::Client::open(url).map(drop).map_err(|_| {
+        config_error("REDIS_URL is not a valid Redis URL (expected redis://HOST[:PORT][/DB] or rediss://...)")
+    })
+}
+
+fn check_redis_prefix(prefix: &str) -> Result<(), ConfigError> {
+    if prefix.is_empty() || prefix.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(config_error(
+            "AIRLOCK_REDIS_PREFIX must be non-empty and contain no whitespace",
+        ));
+    }
+    Ok(())
+}
+
+fn reseal_config(args: ResealArgs) -> Result<ResealConfig, ConfigError> {
+    if !args.from_key_file.is_file() {
+        return Err(config_error(format!(
+            "--from-key-file: {} is not a readable file",
+            args.from_key_file.display()
+        )));
+    }
+    let to_key = SealingKey::from_base64(&args.to_public_key)
+        .map_err(|e| config_error(format!("--to-public-key: {e}")))?;
+    let database_url = check_database_url(non_empty(args.database_url))?;
+    if database_url.is_none() && !crate::db::sqlite_path(&args.data_dir).is_file() {
+        return Err(config_error(format!(
+            "no database at {}: pass --database-url (or DATABASE_URL), or the --data-dir of the control plane",
+            crate::db::sqlite_path(&args.data_dir).display()
+        )));
+    }
+    let redis = match non_empty(args.redis_url) {
+        Some(url) => {
+            check_redis_url(&url)?;
+            check_redis_prefix(&args.redis_prefix)?;
+            Some((url, RedisNames::new(args.redis_prefix)))
+        }
+        None => None,
+    };
+    if args.batch_size == 0 {
+        return Err(config_error("--batch-size must be at least 1"));
+    }
+    Ok(ResealConfig {
+        from_key_file: args.from_key_file,
+        to_key,
+        database_url,
+        data_dir: args.data_dir,
+        redis,
+        batch_size: args.batch_size,
+        dry_run: args.dry_run,
+    })
+}
+
 fn non_empty(value: Option<String>) -> Option<String> {
     value.filter(|v| !v.trim().is_empty())
+}
+
+fn check_database_url(url: Option<String>) -> Result<Option<String>, ConfigError> {
+    if let Some(url) = &url {
+        let known = ["postgres://", "postgresql://", "sqlite:"];
+        if !known.iter().any(|scheme| url.starts_with(scheme)) {
+            return Err(config_error(
+                "DATABASE_URL must start with postgres://, postgresql:// or sqlite:",
+            ));
+        }
+    }
+    Ok(url)
+}
+
+/// `http(s)://host[:port][/path]`, without query, fragment or credentials; returned without
+/// a trailing slash.
+fn check_public_url(url: &str) -> Result<String, ConfigError> {
+    let bad = || {
+        config_error(format!(
+            "AIRLOCK_PUBLIC_URL / --public-url: `{url}` is not an http(s) base URL (like https://airlock.example.com)"
+        ))
+    };
+    let uri: axum::http::Uri = url.trim().parse().map_err(|_| bad())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+    let authority = uri.authority().ok_or_else(bad)?;
+    if !scheme_ok || authority.as_str().contains('@') || uri.query().is_some() || url.contains('#')
+    {
+        return Err(bad());
+    }
+    Ok(url.trim().trim_end_matches('/').to_string())
 }
 
 fn control_config(args: ControlArgs) -> Result<ControlConfig, ConfigError> {
@@ -218,19 +349,15 @@ fn control_config(args: ControlArgs) -> Result<ControlConfig, ConfigError> {
             args.data_dir.display()
         )));
     }
-    let database_url = non_empty(args.database_url);
-    if let Some(url) = &database_url {
-        let known = ["postgres://", "postgresql://", "sqlite:"];
-        if !known.iter().any(|scheme| url.starts_with(scheme)) {
-            return Err(config_error(
-                "DATABASE_URL must start with postgres://, postgresql:// or sqlite:",
-            ));
-        }
-    }
+    let database_url = check_database_url(non_empty(args.database_url))?;
+    let public_url = non_empty(args.public_url)
+        .map(|url| check_public_url(&url))
+        .transpose()?;
     Ok(ControlConfig {
         data_dir: args.data_dir,
         control_addr: args.control_addr,
         database_url,
+        public_url,
     })
 }
 
@@ -348,6 +475,126 @@ mod tests {
         };
         assert_eq!(serve.redis_names.prefix(), "t1");
         assert_eq!(serve.sealing_key.to_base64(), key);
+    }
+
+    #[test]
+    fn public_url_is_validated_and_normalised() {
+        let Ok(Config::Dev(dev)) = parse(&["dev", "--public-url", "https://airlock.example.com/"])
+        else {
+            panic!("dev config expected");
+        };
+        assert_eq!(
+            dev.control.public_url.as_deref(),
+            Some("https://airlock.example.com")
+        );
+        let Ok(Config::Dev(dev)) = parse(&["dev", "--public-url", "http://10.0.0.1:8080/airlock"])
+        else {
+            panic!("dev config expected");
+        };
+        assert_eq!(
+            dev.control.public_url.as_deref(),
+            Some("http://10.0.0.1:8080/airlock")
+        );
+        for bad in [
+            "airlock.example.com",
+            "ftp://airlock.example.com",
+            "https://user:pw@airlock.example.com",
+            "https://airlock.example.com/?x=1",
+            "https://airlock.example.com/#frag",
+        ] {
+            let error = parse(&["dev", "--public-url", bad]).err().unwrap();
+            assert!(error.contains("AIRLOCK_PUBLIC_URL"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn reseal_needs_a_key_file_a_public_key_and_an_existing_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("old.key");
+        std::fs::write(&key_file, "k").unwrap();
+        let key_path = key_file.to_str().unwrap();
+        let data_dir = dir.path().to_str().unwrap();
+        let public = public_key();
+        let base = |extra: &[&str]| {
+            let mut args = vec!["reseal", "--from-key-file", key_path, "--to-public-key"];
+            args.extend_from_slice(extra);
+            parse(&args)
+        };
+
+        let error = base(&[&public, "--data-dir", data_dir]).err().unwrap();
+        assert!(error.contains("no database at"), "{error}");
+        let error = base(&["not-a-key", "--database-url", "sqlite://x.db"])
+            .err()
+            .unwrap();
+        assert!(error.contains("--to-public-key"), "{error}");
+        let error = parse(&[
+            "reseal",
+            "--from-key-file",
+            "/nonexistent/old.key",
+            "--to-public-key",
+            &public,
+            "--database-url",
+            "sqlite://x.db",
+        ])
+        .err()
+        .unwrap();
+        assert!(error.contains("--from-key-file"), "{error}");
+        let error = base(&[&public, "--database-url", "mysql://x"])
+            .err()
+            .unwrap();
+        assert!(error.contains("DATABASE_URL"), "{error}");
+        let error = base(&[
+            &public,
+            "--database-url",
+            "sqlite://x.db",
+            "--batch-size",
+            "0",
+        ])
+        .err()
+        .unwrap();
+        assert!(error.contains("--batch-size"), "{error}");
+        let error = base(&[
+            &public,
+            "--database-url",
+            "sqlite://x.db",
+            "--redis-url",
+            "http://x",
+        ])
+        .err()
+        .unwrap();
+        assert!(error.contains("not a valid Redis URL"), "{error}");
+        // The private key is never a flag.
+        assert!(base(&[
+            &public,
+            "--database-url",
+            "sqlite://x.db",
+            "--from-key",
+            "k"
+        ])
+        .is_err());
+
+        std::fs::write(crate::db::sqlite_path(dir.path()), "").unwrap();
+        let Ok(Config::Reseal(reseal)) = base(&[
+            &public,
+            "--data-dir",
+            data_dir,
+            "--redis-url",
+            "redis://127.0.0.1:6379",
+            "--redis-prefix",
+            "t1",
+            "--dry-run",
+        ]) else {
+            panic!("reseal config expected");
+        };
+        assert_eq!(reseal.to_key.to_base64(), public);
+        assert_eq!(reseal.database_url, None);
+        assert_eq!(reseal.batch_size, crate::domain::reseal::DEFAULT_BATCH_SIZE);
+        assert!(reseal.dry_run);
+        let (url, names) = reseal.redis.unwrap();
+        assert_eq!(
+            (url.as_str(), names.prefix()),
+            ("redis://127.0.0.1:6379", "t1")
+        );
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use airlock_data_plane::{ConfigSource, DataPlaneConfig, DataPlaneHandle, SnapshotDelivery};
+use airlock_data_plane::{
+    ConfigSource, DataPlaneConfig, DataPlaneHandle, EventSink, SnapshotDelivery,
+};
 use airlock_shared::seal::OpeningKey;
 use anyhow::Context;
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -17,11 +19,13 @@ pub(crate) async fn start_data_plane(
     opening_key: OpeningKey,
     snapshots: UnboundedReceiver<SnapshotDelivery>,
     upstream_ca_file: Option<PathBuf>,
+    events: EventSink,
 ) -> anyhow::Result<DataPlaneHandle> {
     let config = DataPlaneConfig {
         listen,
-        opening_key,
+        opening_keys: opening_key.into(),
         source: ConfigSource::InProcess(snapshots),
+        events,
         threads: DEV_DATA_PLANE_THREADS,
         upstream_ca_file,
     };

@@ -5,8 +5,9 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use airlock_shared::seal::{OpeningKey, SealingKey};
+use airlock_shared::seal::{OpeningKey, OpeningKeyring, SealingKey};
 use anyhow::{bail, Context};
+use zeroize::Zeroizing;
 
 /// Name of the file holding the bootstrap admin token in the data directory.
 pub const ADMIN_TOKEN_FILE: &str = "admin-token";
@@ -102,6 +103,23 @@ pub fn keygen(out: &Path) -> anyhow::Result<SealingKey> {
     Ok(key.sealing_key().clone())
 }
 
+/// Read the opening key(s) in a key file (one key as written by [`keygen`], or several, one
+/// per line or comma-separated). The file's text is zeroized once parsed, and errors never
+/// quote it.
+pub fn read_opening_keys(path: &Path) -> anyhow::Result<OpeningKeyring> {
+    let bytes = Zeroizing::new(
+        fs::read(path).with_context(|| format!("cannot read key file {}", path.display()))?,
+    );
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| anyhow::anyhow!("key file {} is not text", path.display()))?;
+    OpeningKeyring::from_base64_list(text).with_context(|| {
+        format!(
+            "key file {} does not hold valid opening keys",
+            path.display()
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +169,35 @@ mod tests {
         fs::write(&path, "not a key").unwrap();
         let error = load_or_create_opening_key(&path).unwrap_err();
         assert!(format!("{error:#}").contains("not a valid key"));
+    }
+
+    #[test]
+    fn key_files_with_one_or_several_keys_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = dir.path().join("one.key");
+        let public = keygen(&one).unwrap();
+        let ring = read_opening_keys(&one).unwrap();
+        assert_eq!(ring.key_ids().collect::<Vec<_>>(), vec![public.key_id()]);
+
+        let other = OpeningKey::generate();
+        let two = dir.path().join("two.key");
+        let text = format!(
+            "{}\n{}\n",
+            fs::read_to_string(&one).unwrap().trim(),
+            other.to_base64().as_str()
+        );
+        fs::write(&two, text).unwrap();
+        assert_eq!(read_opening_keys(&two).unwrap().key_ids().count(), 2);
+
+        let bad = dir.path().join("bad.key");
+        fs::write(&bad, "not-a-key-at-all").unwrap();
+        let error = format!("{:#}", read_opening_keys(&bad).unwrap_err());
+        assert!(
+            error.contains("does not hold valid opening keys"),
+            "{error}"
+        );
+        assert!(!error.contains("not-a-key-at-all"), "{error}");
+        assert!(read_opening_keys(&dir.path().join("missing")).is_err());
     }
 
     #[test]

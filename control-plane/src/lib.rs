@@ -13,10 +13,12 @@ mod dev;
 pub mod domain;
 pub mod entity;
 pub mod error;
+pub mod events;
 pub mod files;
 pub mod graphql;
 pub mod http;
 pub mod publish;
+mod reseal;
 pub mod state;
 
 use std::net::SocketAddr;
@@ -29,6 +31,7 @@ use tokio::net::TcpListener;
 
 use crate::config::{Config, ControlConfig, DevConfig, ServeConfig};
 use crate::domain::admin_tokens;
+use crate::events::{EventIngester, InProcessEvents, RedisEvents, RedisEventsConfig};
 use crate::publish::{ConfigPublisher, InProcessTransport, RedisTransport};
 use crate::state::AppState;
 
@@ -69,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         }
         Config::Dev(dev) => run_dev(dev).await,
         Config::Serve(serve) => run_serve(serve).await,
+        Config::Reseal(reseal) => reseal::run(reseal).await,
     }
 }
 
@@ -88,13 +92,18 @@ async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
         publisher: ConfigPublisher::new(db.clone(), InProcessTransport::new(sender)),
         sealing_key: opening_key.sealing_key().clone(),
         db: db.clone(),
+        public_url: config.control.public_url.clone(),
     };
     let listener = bind(config.control.control_addr).await?;
+    // The data plane reports events over a channel; they are stored like those from Redis.
+    let (events_sender, events) = InProcessEvents::channel();
+    let ingester = EventIngester::start(db.clone(), events);
     let data_plane = dev::start_data_plane(
         config.data_addr,
         opening_key,
         receiver,
         config.upstream_ca_file.clone(),
+        airlock_data_plane::EventSink::InProcess(events_sender),
     )
     .await?;
     // Each publish returns once the data plane has applied it, so everything is live before
@@ -108,6 +117,9 @@ async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
 
     let served = serve(listener, state, shutdown).await;
     dev::stop_data_plane(data_plane).await;
+    // After the data plane: what it flushed while stopping is in the channel, and is stored.
+    let stats = ingester.shutdown().await;
+    tracing::info!(?stats, "event ingestion stopped");
     db.close().await.context("closing the database")?;
     served
 }
@@ -125,6 +137,7 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         publisher: ConfigPublisher::new(db.clone(), transport),
         sealing_key: config.sealing_key.clone(),
         db: db.clone(),
+        public_url: config.control.public_url.clone(),
     };
     let environments = state.publisher.publish_all().await?;
     tracing::info!(
@@ -132,6 +145,12 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         prefix = config.redis_names.prefix(),
         "published every environment to Redis"
     );
+    let events = RedisEvents::new(RedisEventsConfig::new(
+        config.redis_url.clone(),
+        config.redis_names.clone(),
+    ))
+    .context("cannot read events from Redis (REDIS_URL)")?;
+    let ingester = EventIngester::start(db.clone(), events);
 
     let listener = bind(config.control.control_addr).await?;
     let shutdown = shutdown_signal()?;
@@ -139,6 +158,8 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     print_admin_token(token, data_dir);
 
     let served = serve(listener, state, shutdown).await;
+    let stats = ingester.shutdown().await;
+    tracing::info!(?stats, "event ingestion stopped");
     db.close().await.context("closing the database")?;
     served
 }

@@ -14,4 +14,7 @@ pub struct AppState {
     pub sealing_key: SealingKey,
     /// Publishes changed config to data planes.
     pub publisher: ConfigPublisher,
+    /// Base URL for links this control plane hands out (`AIRLOCK_PUBLIC_URL`); `None`: built
+    /// from each request's `Host`.
+    pub public_url: Option<String>,
 }

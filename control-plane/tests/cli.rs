@@ -19,6 +19,7 @@ const BINARY: &str = env!("CARGO_BIN_EXE_airlock");
 /// Variables that would change what the binary does; each test sets what it needs.
 const CONFIG_VARS: &[&str] = &[
     "AIRLOCK_DATA_DIR",
+    "AIRLOCK_PUBLIC_URL",
     "AIRLOCK_CONTROL_ADDR",
     "AIRLOCK_DATA_ADDR",
     "AIRLOCK_REDIS_PREFIX",
@@ -121,6 +122,11 @@ async fn bad_configuration_is_a_clear_error_and_a_nonzero_exit() {
             vec!["dev"],
             vec![("DATABASE_URL", "mysql://x")],
             "DATABASE_URL",
+        ),
+        (
+            vec!["dev"],
+            vec![("AIRLOCK_PUBLIC_URL", "ftp://airlock.example.com")],
+            "AIRLOCK_PUBLIC_URL",
         ),
     ];
     for (args, env, expected) in cases {
@@ -381,5 +387,144 @@ async fn dev_runs_both_planes_and_changes_are_live_in_the_data_plane() {
         .await
         .unwrap();
     assert_eq!(unknown.status(), 401);
+    terminate(child).await;
+}
+
+/// A provisioning link, end to end: the admin creates it (its URL built from the address the
+/// admin used), someone opens the form and submits the value, and the in-process data plane
+/// injects it from then on. Before that, the function fails closed.
+#[tokio::test]
+async fn dev_provisioning_link_sets_a_secret_the_data_plane_uses() {
+    const VALUE: &str = "canary-cli-provisioned-9d41";
+    let dir = tempfile::tempdir().unwrap();
+    let data_addr = format!("127.0.0.1:{}", free_port());
+    let (child, mut lines) = spawn(
+        airlock()
+            .args([
+                "dev",
+                "--control-addr",
+                "127.0.0.1:0",
+                "--data-addr",
+                &data_addr,
+                "--data-dir",
+            ])
+            .arg(dir.path()),
+    );
+    let url = wait_for_line(&mut lines, "control plane:").await;
+    let data_plane = wait_for_line(&mut lines, "data plane:").await;
+    let token = wait_for_line(&mut lines, "admin token:").await;
+    let base = url.trim_end_matches("/graphql").to_string();
+
+    let tenant = graphql(
+        &url,
+        &token,
+        "mutation { createTenant(input: {name: \"acme\"}) { id } }",
+        json!({}),
+    )
+    .await;
+    let tenant_id = tenant["createTenant"]["id"].clone();
+    let environment = graphql(
+        &url,
+        &token,
+        "mutation($t: ID!) { createEnvironment(input: {tenantId: $t, name: \"dev\"}) { id } }",
+        json!({ "t": tenant_id }),
+    )
+    .await;
+    let environment_id = environment["createEnvironment"]["id"].clone();
+    graphql(
+        &url,
+        &token,
+        "mutation($t: ID!, $u: String!) { createFunction(input: {tenantId: $t, name: \"health\", method: \"GET\", url: $u, headers: [{name: \"X-Probe\", value: \"{{secrets.PROBE}}\"}]}) { id } }",
+        json!({ "t": tenant_id, "u": format!("{base}/healthz") }),
+    )
+    .await;
+    let key = graphql(
+        &url,
+        &token,
+        "mutation($e: ID!) { createApiKey(input: {environmentId: $e, name: \"app\", functions: [\"health\"]}) { key } }",
+        json!({ "e": environment_id }),
+    )
+    .await;
+    let key = key["createApiKey"]["key"].as_str().unwrap().to_string();
+    let client = reqwest::Client::new();
+    let invoke = format!("{data_plane}/v1/functions/health/invoke");
+    let response = client
+        .post(&invoke)
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500, "fails closed without the secret");
+
+    let link = graphql(
+        &url,
+        &token,
+        "mutation($e: ID!) { createProvisioningLink(input: {environmentId: $e, secrets: [{name: \"PROBE\", allowedHosts: [\"127.0.0.1\"]}]}) { url } }",
+        json!({ "e": environment_id }),
+    )
+    .await;
+    let link = link["createProvisioningLink"]["url"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        link.starts_with(&format!("{base}/provision/apl_")),
+        "{link}"
+    );
+
+    let form = client.get(&link).send().await.unwrap();
+    assert_eq!(form.status(), 200);
+    assert_eq!(form.headers()["cache-control"], "no-store");
+    assert!(form.text().await.unwrap().contains("name=\"PROBE\""));
+    let submitted = client
+        .post(&link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("PROBE={VALUE}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(submitted.status(), 200);
+    let again = client
+        .post(&link)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("PROBE=other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 410);
+
+    // Live in the data plane once the submission returns.
+    let response = client
+        .post(&invoke)
+        .bearer_auth(&key)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.json::<Value>().await.unwrap()["status"], "ok");
+
+    // The admin sees that it was set, by the link, never the value.
+    let versions = graphql(
+        &url,
+        &token,
+        "query($e: ID!) { secrets(environmentId: $e) { id name version allowedHosts } }",
+        json!({ "e": environment_id }),
+    )
+    .await;
+    assert_eq!(versions["secrets"][0]["allowedHosts"], json!(["127.0.0.1"]));
+    let log = graphql(
+        &url,
+        &token,
+        "{ auditLog(filter: {action: \"provisioning_link.use\"}) { entries { actor { type } } } }",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        log["auditLog"]["entries"][0]["actor"]["type"],
+        "PROVISIONING_LINK"
+    );
+    assert!(!versions.to_string().contains(VALUE) && !log.to_string().contains(VALUE));
     terminate(child).await;
 }

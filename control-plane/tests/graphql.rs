@@ -291,7 +291,7 @@ async fn bad_input_gets_its_code_and_writes_nothing(mut app: TestApp) {
     const CREATE_ENVIRONMENT: &str =
         "mutation($t: ID!, $name: String!) { createEnvironment(input: {tenantId: $t, name: $name}) { id } }";
     const SET_SECRET: &str =
-        "mutation($e: ID!, $name: String!, $value: String!) { setSecret(input: {environmentId: $e, name: $name, value: $value}) { id } }";
+        "mutation($e: ID!, $name: String!, $value: String!, $hosts: [String!] = [\"api.example.com\"]) { setSecret(input: {environmentId: $e, name: $name, value: $value, allowedHosts: $hosts}) { id } }";
 
     let cases = vec![
         invalid(
@@ -479,6 +479,30 @@ async fn bad_input_gets_its_code_and_writes_nothing(mut app: TestApp) {
             SET_SECRET,
             json!({ "e": environment, "name": "TOKEN", "value": "x".repeat(64 * 1024 + 1) }),
             "value",
+        ),
+        invalid(
+            "new secret without allowedHosts",
+            SET_SECRET,
+            json!({ "e": environment, "name": "TOKEN", "value": "v", "hosts": null }),
+            "allowedHosts",
+        ),
+        invalid(
+            "new secret with an empty allowedHosts",
+            SET_SECRET,
+            json!({ "e": environment, "name": "TOKEN", "value": "v", "hosts": [] }),
+            "allowedHosts",
+        ),
+        invalid(
+            "allow-all host pattern",
+            SET_SECRET,
+            json!({ "e": environment, "name": "TOKEN", "value": "v", "hosts": ["*"] }),
+            "allowedHosts",
+        ),
+        invalid(
+            "host with a scheme",
+            SET_SECRET,
+            json!({ "e": environment, "name": "TOKEN", "value": "v", "hosts": ["api.example.com", "https://evil.example"] }),
+            "allowedHosts",
         ),
         invalid(
             "malformed environment id",
@@ -675,7 +699,7 @@ async fn secret_values_never_leave_the_vault(mut app: TestApp) {
     // The mutation's own response.
     let response = app
         .exec(
-            "mutation($e: ID!, $v: String!) { setSecret(input: {environmentId: $e, name: \"API_TOKEN\", value: $v}) { id environmentId name version createdAt updatedAt } }",
+            "mutation($e: ID!, $v: String!) { setSecret(input: {environmentId: $e, name: \"API_TOKEN\", value: $v, allowedHosts: [\"api.example.com\"]}) { id environmentId name version allowedHosts createdAt updatedAt } }",
             json!({ "e": environment, "v": CANARY }),
         )
         .await;
@@ -702,6 +726,7 @@ async fn secret_values_never_leave_the_vault(mut app: TestApp) {
             "environmentId",
             "name",
             "version",
+            "allowedHosts",
             "createdAt",
             "updatedAt"
         ]
@@ -942,7 +967,7 @@ async fn concurrent_changes_do_not_conflict(app: TestApp) {
     let environment = app.create_environment(&tenant, "prod").await;
     let sets = (0..8).map(|i| {
         app.exec(
-            "mutation($e: ID!, $v: String!) { setSecret(input: {environmentId: $e, name: \"TOKEN\", value: $v}) { version } }",
+            "mutation($e: ID!, $v: String!) { setSecret(input: {environmentId: $e, name: \"TOKEN\", value: $v, allowedHosts: [\"api.example.com\"]}) { version } }",
             json!({ "e": environment, "v": format!("value-{i}") }),
         )
     });

@@ -209,3 +209,118 @@ async fn oversized_bodies_are_refused() {
         StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNAUTHORIZED
     ));
 }
+
+#[tokio::test]
+async fn graphql_requests_act_as_their_admin_token_and_links_use_the_host() {
+    let (app, token) = setup().await;
+    let token_id = admin_tokens::authenticate(&app.db.db, &token)
+        .await
+        .unwrap()
+        .unwrap();
+    let run = |state: airlock_control_plane::state::AppState,
+               host: Option<&'static str>,
+               body: String| {
+        let token = token.clone();
+        async move {
+            let mut request = graphql_post(Some(&token), body);
+            if let Some(host) = host {
+                request
+                    .headers_mut()
+                    .insert(header::HOST, header::HeaderValue::from_static(host));
+            }
+            let response = airlock_control_plane::app(state)
+                .oneshot(request)
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let body = json_body(response).await;
+            assert!(body.get("errors").is_none(), "{body}");
+            body["data"].clone()
+        }
+    };
+
+    let tenant = run(
+        app.state.clone(),
+        None,
+        query("mutation { createTenant(input: {name: \"acme\"}) { id } }"),
+    )
+    .await;
+    let tenant = tenant["createTenant"]["id"].as_str().unwrap().to_string();
+    let environment = run(
+        app.state.clone(),
+        None,
+        json!({
+            "query": "mutation($t: ID!) { createEnvironment(input: {tenantId: $t, name: \"prod\"}) { id } }",
+            "variables": { "t": tenant }
+        })
+        .to_string(),
+    )
+    .await;
+    let environment = environment["createEnvironment"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    // The audit log names the token the request authenticated with.
+    let log = run(
+        app.state.clone(),
+        None,
+        query("{ auditLog { entries { action actor { type id } } } }"),
+    )
+    .await;
+    assert_eq!(
+        log["auditLog"]["entries"],
+        json!([
+            { "action": "environment.create", "actor": { "type": "ADMIN_TOKEN", "id": token_id.to_string() } },
+            { "action": "tenant.create", "actor": { "type": "ADMIN_TOKEN", "id": token_id.to_string() } },
+        ])
+    );
+
+    // Provisioning links: the request's Host by default, AIRLOCK_PUBLIC_URL when configured.
+    let create_link = json!({
+        "query": "mutation($e: ID!) { createProvisioningLink(input: {environmentId: $e, secrets: [{name: \"T\", allowedHosts: [\"api.example.com\"]}]}) { url } }",
+        "variables": { "e": environment }
+    })
+    .to_string();
+    let link = run(
+        app.state.clone(),
+        Some("airlock.internal:8080"),
+        create_link.clone(),
+    )
+    .await;
+    let url = link["createProvisioningLink"]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("http://airlock.internal:8080/provision/apl_"),
+        "{url}"
+    );
+    let configured = airlock_control_plane::state::AppState {
+        public_url: Some("https://vault.example.com/airlock".into()),
+        ..app.state.clone()
+    };
+    let link = run(configured, Some("airlock.internal:8080"), create_link).await;
+    let url = link["createProvisioningLink"]["url"].as_str().unwrap();
+    assert!(
+        url.starts_with("https://vault.example.com/airlock/provision/apl_"),
+        "{url}"
+    );
+
+    // The link works through the same router, without the admin token.
+    let path = url
+        .strip_prefix("https://vault.example.com/airlock")
+        .unwrap();
+    let response = send(&app, Request::get(path).body(Body::empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = send(
+        &app,
+        Request::get("/provision/apl_nope")
+            .header(header::AUTHORIZATION, format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        response.status(),
+        StatusCode::NOT_FOUND,
+        "an admin token opens nothing"
+    );
+}

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_control_plane::domain::audit::Actor;
 use airlock_control_plane::graphql::build_schema;
 use airlock_control_plane::publish::{
     ConfigPublisher, PublishError, RedisTransport, SnapshotTransport,
@@ -111,6 +112,7 @@ async fn mutations_are_published_through_redis() {
         db: db.db.clone(),
         sealing_key: opening_key.sealing_key().clone(),
         publisher: ConfigPublisher::new(db.db.clone(), transport),
+        public_url: None,
     };
     let schema = build_schema(state);
     let run = |query: &'static str, variables: serde_json::Value| {
@@ -119,7 +121,8 @@ async fn mutations_are_published_through_redis() {
             let response = schema
                 .execute(
                     async_graphql::Request::new(query)
-                        .variables(async_graphql::Variables::from_json(variables)),
+                        .variables(async_graphql::Variables::from_json(variables))
+                        .data(Actor::AdminToken(Uuid::new_v4())),
                 )
                 .await;
             assert!(response.errors.is_empty(), "{:?}", response.errors);
@@ -154,7 +157,7 @@ async fn mutations_are_published_through_redis() {
     )
     .await;
     run(
-        "mutation($e: ID!, $v: String!) { setSecret(input: {environmentId: $e, name: \"TOKEN\", value: $v}) { version } }",
+        "mutation($e: ID!, $v: String!) { setSecret(input: {environmentId: $e, name: \"TOKEN\", value: $v, allowedHosts: [\"api.example.com\"]}) { version } }",
         json!({ "e": environment, "v": CANARY }),
     )
     .await;
@@ -220,19 +223,29 @@ async fn a_failed_publish_does_not_fail_the_mutation_and_is_retried() {
         db: db.db.clone(),
         sealing_key: OpeningKey::generate().sealing_key().clone(),
         publisher: ConfigPublisher::new(db.db.clone(), transport),
+        public_url: None,
     };
     let schema = build_schema(state);
+    let actor = Actor::AdminToken(Uuid::new_v4());
     let tenant = schema
-        .execute("mutation { createTenant(input: {name: \"acme\"}) { id } }")
+        .execute(
+            async_graphql::Request::new(
+                "mutation { createTenant(input: {name: \"acme\"}) { id } }",
+            )
+            .data(actor),
+        )
         .await;
     let tenant = tenant.data.into_json().unwrap()["createTenant"]["id"]
         .as_str()
         .unwrap()
         .to_string();
     let response = schema
-        .execute(format!(
-            "mutation {{ createEnvironment(input: {{tenantId: \"{tenant}\", name: \"prod\"}}) {{ id }} }}"
-        ))
+        .execute(
+            async_graphql::Request::new(format!(
+                "mutation {{ createEnvironment(input: {{tenantId: \"{tenant}\", name: \"prod\"}}) {{ id }} }}"
+            ))
+            .data(actor),
+        )
         .await;
     assert!(
         response.errors.is_empty(),

@@ -5,15 +5,24 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use airlock_shared::keys::{RedisNames, DEFAULT_PREFIX};
-use airlock_shared::seal::OpeningKey;
+use airlock_shared::seal::OpeningKeyring;
 use anyhow::{bail, Context as _};
 use zeroize::Zeroizing;
 
-use crate::{ConfigSource, DataPlaneConfig, DEFAULT_THREADS};
+use crate::{ConfigSource, DataPlaneConfig, EventSink, DEFAULT_THREADS};
 
-/// Environment variable holding the base64 opening key when no key file is given. Not a flag:
-/// command lines are visible to every user of the machine.
+/// Environment variable holding the base64 opening key(s), comma-separated, when no key file
+/// is given. Not a flag: command lines are visible to every user of the machine.
 pub const SEAL_KEY_ENV: &str = "AIRLOCK_SEAL_KEY";
+
+/// Where the binary sends its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EventsTarget {
+    /// The Redis stream `<prefix>:events`, in the Redis holding the snapshots.
+    Redis,
+    /// Nowhere (counted and logged at debug level only).
+    Disabled,
+}
 
 /// Airlock data plane: serves function invocations from config snapshots published in Redis.
 #[derive(Debug, clap::Parser)]
@@ -28,9 +37,14 @@ pub struct Cli {
     /// Prefix of every Redis key and channel.
     #[arg(long, env = "AIRLOCK_REDIS_PREFIX", default_value = DEFAULT_PREFIX)]
     pub redis_prefix: String,
-    /// File holding the base64 seal opening key (otherwise the AIRLOCK_SEAL_KEY variable).
+    /// File holding base64 seal opening keys, comma- or newline-separated (otherwise the
+    /// AIRLOCK_SEAL_KEY variable). Repeat it during a sealing-key rotation: secrets sealed to
+    /// any of the keys open.
     #[arg(long, env = "AIRLOCK_SEAL_KEY_FILE")]
-    pub seal_key_file: Option<PathBuf>,
+    pub seal_key_file: Vec<PathBuf>,
+    /// Where gateway events go.
+    #[arg(long, env = "AIRLOCK_DATA_EVENTS", value_enum, default_value_t = EventsTarget::Redis)]
+    pub events: EventsTarget,
     /// Pingora worker threads.
     #[arg(long, env = "AIRLOCK_DATA_THREADS", default_value_t = DEFAULT_THREADS)]
     pub threads: usize,
@@ -56,41 +70,67 @@ impl Cli {
         if self.threads == 0 {
             bail!("--threads must be at least 1");
         }
-        let opening_key = load_opening_key(self.seal_key_file.as_deref(), seal_key_env)?;
+        let opening_keys = load_opening_keys(&self.seal_key_file, seal_key_env)?;
+        let names = RedisNames::new(self.redis_prefix);
+        let events = match self.events {
+            EventsTarget::Redis => EventSink::Redis {
+                url: self.redis_url.clone(),
+                names: names.clone(),
+            },
+            EventsTarget::Disabled => EventSink::Disabled,
+        };
         Ok(DataPlaneConfig {
             listen: self.listen,
-            opening_key,
+            opening_keys,
             source: ConfigSource::Redis {
                 url: self.redis_url,
-                names: RedisNames::new(self.redis_prefix),
+                names,
             },
+            events,
             threads: self.threads,
             upstream_ca_file: self.upstream_ca_file,
         })
     }
 }
 
-fn load_opening_key(
-    file: Option<&std::path::Path>,
+/// Every key of every key file, or else of the environment variable.
+fn load_opening_keys(
+    files: &[PathBuf],
     env_value: Option<String>,
-) -> anyhow::Result<OpeningKey> {
-    let (text, origin) = match (file, env_value) {
-        (Some(path), _) => (
+) -> anyhow::Result<OpeningKeyring> {
+    let env_value = env_value.map(Zeroizing::new);
+    if files.is_empty() {
+        let Some(value) = env_value else {
+            bail!("no seal key: set --seal-key-file / AIRLOCK_SEAL_KEY_FILE or {SEAL_KEY_ENV}")
+        };
+        return OpeningKeyring::from_base64_list(&value)
+            .with_context(|| format!("invalid {SEAL_KEY_ENV}"));
+    }
+    let mut texts = Vec::with_capacity(files.len());
+    for path in files {
+        let text = Zeroizing::new(
             std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read the seal key file {}", path.display()))?,
-            format!("seal key file {}", path.display()),
-        ),
-        (None, Some(value)) => (value, SEAL_KEY_ENV.to_string()),
-        (None, None) => {
-            bail!("no seal key: set --seal-key-file / AIRLOCK_SEAL_KEY_FILE or {SEAL_KEY_ENV}")
-        }
-    };
-    let text = Zeroizing::new(text);
-    OpeningKey::from_base64(&text).with_context(|| format!("invalid {origin}"))
+        );
+        // Parsed alone first, so an error names the file it comes from.
+        OpeningKeyring::from_base64_list(&text)
+            .with_context(|| format!("invalid seal key file {}", path.display()))?;
+        texts.push(text);
+    }
+    // Sized up front: a growing buffer would leave copies of the keys behind.
+    let mut all = Zeroizing::new(String::with_capacity(
+        texts.iter().map(|t| t.len() + 1).sum(),
+    ));
+    for text in &texts {
+        all.push_str(text);
+        all.push('\n');
+    }
+    Ok(OpeningKeyring::from_base64_list(&all)?)
 }
 
 #[cfg(test)]
 mod tests {
+    use airlock_shared::seal::OpeningKey;
     use clap::Parser as _;
 
     use super::*;
@@ -101,45 +141,96 @@ mod tests {
         Cli::try_parse_from(argv).unwrap()
     }
 
+    fn key_ids(ring: &OpeningKeyring) -> Vec<String> {
+        ring.key_ids().map(str::to_string).collect()
+    }
+
+    fn id(key: &OpeningKey) -> String {
+        key.sealing_key().key_id().to_string()
+    }
+
     #[test]
-    fn valid_config_from_env_key() {
-        let key = OpeningKey::generate();
+    fn valid_config_from_env_keys() {
+        let (old, new) = (OpeningKey::generate(), OpeningKey::generate());
         let config = cli(&[
             "--redis-url",
             "redis://127.0.0.1:6379",
             "--redis-prefix",
             "t1",
         ])
-        .into_config(Some(key.to_base64().to_string()))
+        .into_config(Some(format!(
+            "{},{}",
+            old.to_base64().as_str(),
+            new.to_base64().as_str()
+        )))
         .unwrap();
         assert_eq!(config.listen.port(), 8081);
-        assert_eq!(
-            config.opening_key.sealing_key().key_id(),
-            key.sealing_key().key_id()
-        );
+        assert_eq!(key_ids(&config.opening_keys), [id(&old), id(&new)]);
         match config.source {
             ConfigSource::Redis { names, .. } => assert_eq!(names.prefix(), "t1"),
             ConfigSource::InProcess(_) => panic!("expected Redis"),
         }
+        // Events go to the same Redis and prefix by default.
+        match config.events {
+            EventSink::Redis { url, names } => {
+                assert_eq!(url, "redis://127.0.0.1:6379");
+                assert_eq!(names.events_stream(), "t1:events");
+            }
+            other => panic!("expected Redis events, got {other:?}"),
+        }
     }
 
     #[test]
-    fn key_file_wins_over_env() {
-        let key = OpeningKey::generate();
-        let file = tempfile::NamedTempFile::new().unwrap();
-        std::fs::write(file.path(), format!("{}\n", key.to_base64().as_str())).unwrap();
+    fn events_can_be_disabled() {
+        let config = cli(&["--redis-url", "redis://127.0.0.1", "--events", "disabled"])
+            .into_config(Some(OpeningKey::generate().to_base64().to_string()))
+            .unwrap();
+        assert!(matches!(config.events, EventSink::Disabled));
+    }
+
+    #[test]
+    fn key_files_win_over_env_and_may_be_repeated() {
+        let (a, b, c) = (
+            OpeningKey::generate(),
+            OpeningKey::generate(),
+            OpeningKey::generate(),
+        );
+        let first = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(first.path(), format!("{}\n", a.to_base64().as_str())).unwrap();
+        // A second file holding two keys, comma-separated.
+        let second = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            second.path(),
+            format!("{},{}\n", b.to_base64().as_str(), c.to_base64().as_str()),
+        )
+        .unwrap();
         let config = cli(&[
             "--redis-url",
             "redis://127.0.0.1",
             "--seal-key-file",
-            file.path().to_str().unwrap(),
+            first.path().to_str().unwrap(),
+            "--seal-key-file",
+            second.path().to_str().unwrap(),
         ])
         .into_config(Some("garbage".into()))
         .unwrap();
-        assert_eq!(
-            config.opening_key.sealing_key().key_id(),
-            key.sealing_key().key_id()
-        );
+        assert_eq!(key_ids(&config.opening_keys), [id(&a), id(&b), id(&c)]);
+
+        let bad = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(bad.path(), "bm90LWEta2V5LXNlY3JldA==").unwrap();
+        let err = cli(&[
+            "--redis-url",
+            "redis://127.0.0.1",
+            "--seal-key-file",
+            first.path().to_str().unwrap(),
+            "--seal-key-file",
+            bad.path().to_str().unwrap(),
+        ])
+        .into_config(None)
+        .unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains(bad.path().to_str().unwrap()), "{text}");
+        assert!(!text.contains("bm90LWEta2V5"), "{text}");
     }
 
     #[test]

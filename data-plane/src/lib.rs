@@ -3,15 +3,18 @@
 //! An application calls `POST /v1/functions/{name}/invoke` with its API key and a JSON object
 //! of arguments. The data plane authenticates the key, checks that the key may invoke the
 //! function, renders the function's upstream request (arguments and secrets encoded for where
-//! they land), forwards it through Pingora's pooled upstream connections and returns the
-//! upstream's answer. Everything it needs comes from an immutable, pre-compiled snapshot that a
-//! background service keeps fresh ([`ConfigSource`]); nothing on the request path talks to a
-//! database or Redis.
+//! they land), refuses it if a secret would go to a host it is not bound to, forwards it
+//! through Pingora's pooled upstream connections and returns the upstream's answer with every
+//! injected secret redacted. Everything it needs comes from an immutable, pre-compiled
+//! snapshot that a background service keeps fresh ([`ConfigSource`]); nothing on the request
+//! path talks to a database or Redis. What happened is reported as events ([`EventSink`]),
+//! queued in memory and delivered by another background service.
 //!
 //! [`spawn`] runs the whole thing on its own thread, so the same code serves the standalone
 //! binary and `airlock dev` (which feeds snapshots in-process).
 
 pub mod config;
+mod events;
 mod proxy;
 pub mod snapshot;
 mod sync;
@@ -32,6 +35,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use tokio::sync::watch;
 
+pub use crate::events::{EventSink, EVENT_QUEUE_CAPACITY, STREAM_MAX_LEN};
 use crate::proxy::Gateway;
 use crate::snapshot::SnapshotStore;
 use crate::sync::ConfigSync;
@@ -41,10 +45,13 @@ use crate::sync::ConfigSync;
 pub struct DataPlaneConfig {
     /// Address the proxy listens on (port 0 is refused: callers need to know the port).
     pub listen: SocketAddr,
-    /// Opens sealed secrets from snapshots. Only data planes hold it.
-    pub opening_key: airlock_shared::seal::OpeningKey,
+    /// Opens sealed secrets; several keys during a sealing-key rotation. Only data planes
+    /// hold them.
+    pub opening_keys: airlock_shared::seal::OpeningKeyring,
     /// Where environment snapshots come from.
     pub source: ConfigSource,
+    /// Where events go.
+    pub events: EventSink,
     /// Pingora worker threads (default 2).
     pub threads: usize,
     /// Extra PEM CA file trusted for upstream TLS, on top of the system roots.
@@ -133,6 +140,16 @@ impl DataPlaneHandle {
         self.gateway_state.store.is_synced()
     }
 
+    /// Events lost so far because the queue was full or the sink was gone.
+    pub fn dropped_events(&self) -> u64 {
+        self.gateway_state.events.dropped()
+    }
+
+    /// Events not delivered because the sink is [`EventSink::Disabled`].
+    pub fn discarded_events(&self) -> u64 {
+        self.gateway_state.events.discarded()
+    }
+
     /// Stop gracefully: report not-ready, let in-flight invocations finish (bounded), then stop
     /// Pingora and join its thread.
     pub fn shutdown(mut self) {
@@ -179,8 +196,9 @@ impl ShutdownSignalWatch for HandleShutdown {
 pub fn spawn(config: DataPlaneConfig) -> anyhow::Result<DataPlaneHandle> {
     let DataPlaneConfig {
         listen,
-        opening_key,
+        opening_keys,
         source,
+        events,
         threads,
         upstream_ca_file,
     } = config;
@@ -198,8 +216,9 @@ pub fn spawn(config: DataPlaneConfig) -> anyhow::Result<DataPlaneHandle> {
     let ca_bundle = tls::upstream_ca_bundle(upstream_ca_file.as_deref())?;
     client_options.ca_file = ca_bundle.as_ref().map(tls::CaBundle::path);
 
-    let store = Arc::new(SnapshotStore::new(opening_key));
-    let gateway_state = Arc::new(proxy::GatewayState::new(store.clone()));
+    let store = Arc::new(SnapshotStore::new(opening_keys));
+    let (emitter, event_delivery) = events::event_pipeline(events, EVENT_QUEUE_CAPACITY);
+    let gateway_state = Arc::new(proxy::GatewayState::new(store.clone(), emitter));
     let mut proxy_service =
         ProxyServiceBuilder::new(&Arc::new(conf), Gateway::new(gateway_state.clone()))
             .name("airlock data plane")
@@ -208,6 +227,8 @@ pub fn spawn(config: DataPlaneConfig) -> anyhow::Result<DataPlaneHandle> {
     proxy_service.add_tcp(&listen.to_string());
     drop(ca_bundle);
     let sync_service = background_service("config sync", ConfigSync::new(store, source));
+    let event_service =
+        event_delivery.map(|delivery| background_service("event delivery", delivery));
 
     let (stop, stop_rx) = watch::channel(false);
     let conf = server_conf(threads);
@@ -217,6 +238,9 @@ pub fn spawn(config: DataPlaneConfig) -> anyhow::Result<DataPlaneHandle> {
             let mut server = Server::new_with_opt_and_conf(None, conf);
             server.bootstrap();
             server.add_service(sync_service);
+            if let Some(event_service) = event_service {
+                server.add_service(event_service);
+            }
             server.add_service(proxy_service);
             server.run(RunArgs {
                 shutdown_signal: Box::new(HandleShutdown(stop_rx)),

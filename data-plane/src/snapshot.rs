@@ -1,20 +1,24 @@
 //! The compiled, immutable config snapshot the request path reads, and the store that swaps it.
 //!
 //! Each [`EnvironmentSnapshot`] is compiled once, off the request path: function templates are
-//! compiled, sealed secrets are opened, and every API key hash goes into one global index. The
-//! request path only does hash-map lookups on an [`Arc`] it loads from an [`ArcSwap`], so it
-//! never waits for a writer and never sees a half-applied update.
+//! compiled, sealed secrets are opened (with whichever key of the [`OpeningKeyring`] each was
+//! sealed to), the redaction automaton for the secrets is built, and every API key hash goes
+//! into one global index. The request path only does hash-map lookups on an [`Arc`] it loads
+//! from an [`ArcSwap`], so it never waits for a writer and never sees a half-applied update.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use airlock_shared::api_key::ApiKeyHash;
-use airlock_shared::seal::{OpeningKey, SecretIdentity, SecretValue};
+use airlock_shared::hosts::HostPattern;
+use airlock_shared::seal::{OpeningKeyring, SecretIdentity, SecretValue};
 use airlock_shared::template::FunctionTemplate;
 use airlock_shared::wire::{ApiKeyGrant, EnvironmentSnapshot};
 use arc_swap::ArcSwap;
 use uuid::Uuid;
+
+use crate::proxy::redact::{RedactionIndex, SecretSet};
 
 /// A function ready to render.
 #[derive(Debug)]
@@ -36,8 +40,21 @@ pub struct CompiledEnvironment {
     /// Revision of the snapshot this was compiled from.
     pub revision: i64,
     functions: HashMap<String, Arc<CompiledFunction>>,
-    secrets: HashMap<String, SecretValue>,
+    secrets: HashMap<String, OpenedSecret>,
+    /// Secrets present in the snapshot that could not be opened (names only).
+    unopened: HashSet<String>,
+    /// Every form of every opened secret, for redacting responses.
+    redaction: Arc<RedactionIndex>,
     api_keys: Vec<ApiKeyGrant>,
+}
+
+/// A secret opened for this environment.
+struct OpenedSecret {
+    /// Position in the environment, for [`SecretSet`]s.
+    index: usize,
+    value: SecretValue,
+    /// The hosts it may be sent to; empty means none.
+    allowed_hosts: Vec<HostPattern>,
 }
 
 impl std::fmt::Debug for CompiledEnvironment {
@@ -48,6 +65,7 @@ impl std::fmt::Debug for CompiledEnvironment {
             .field("revision", &self.revision)
             .field("functions", &self.functions.keys().collect::<Vec<_>>())
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
+            .field("unopened", &self.unopened)
             .field("api_keys", &self.api_keys.len())
             .finish()
     }
@@ -57,7 +75,7 @@ impl CompiledEnvironment {
     /// Compile `snapshot`. A function that does not compile or a secret that does not open is
     /// left out and logged (by name only); the rest of the environment still works, and an
     /// invoke that needs what was left out fails closed.
-    pub fn compile(snapshot: EnvironmentSnapshot, opening_key: &OpeningKey) -> Self {
+    pub fn compile(snapshot: EnvironmentSnapshot, opening_keys: &OpeningKeyring) -> Self {
         let EnvironmentSnapshot {
             tenant_id,
             environment_id,
@@ -89,6 +107,7 @@ impl CompiledEnvironment {
         }
 
         let mut secrets = HashMap::with_capacity(sealed_secrets.len());
+        let mut unopened = HashSet::new();
         for (name, entry) in sealed_secrets {
             let sealed = &entry.sealed;
             let identity = SecretIdentity {
@@ -97,20 +116,41 @@ impl CompiledEnvironment {
                 name: &name,
                 version: sealed.version,
             };
-            match opening_key.open(identity, sealed) {
+            match opening_keys.open(identity, sealed) {
                 Ok(value) => {
-                    secrets.insert(name, value);
+                    let secret = OpenedSecret {
+                        index: secrets.len(),
+                        value,
+                        allowed_hosts: entry.allowed_hosts,
+                    };
+                    secrets.insert(name, secret);
                 }
-                Err(error) => tracing::error!(
-                    %environment_id,
-                    revision,
-                    secret = %name,
-                    version = sealed.version,
-                    error = %error,
-                    "secret cannot be opened; invocations that need it will fail"
-                ),
+                Err(error) => {
+                    tracing::error!(
+                        %environment_id,
+                        revision,
+                        secret = %name,
+                        version = sealed.version,
+                        key_id = %sealed.key_id,
+                        error = %error,
+                        "secret cannot be opened; invocations that need it will fail"
+                    );
+                    unopened.insert(name);
+                }
             }
         }
+
+        let redaction = RedactionIndex::build(
+            secrets
+                .values()
+                .map(|secret| (secret.index, secret.value.expose())),
+        )
+        .unwrap_or_else(|error| {
+            // Without redaction no secret may be used: fail closed for all of them.
+            tracing::error!(%environment_id, revision, %error, "secrets of this environment are unusable");
+            unopened.extend(secrets.drain().map(|(name, _)| name));
+            RedactionIndex::empty()
+        });
 
         Self {
             tenant_id,
@@ -118,6 +158,8 @@ impl CompiledEnvironment {
             revision,
             functions,
             secrets,
+            unopened,
+            redaction: Arc::new(redaction),
             api_keys,
         }
     }
@@ -129,7 +171,33 @@ impl CompiledEnvironment {
 
     /// The plaintext of secret `name`, for rendering only.
     pub fn secret(&self, name: &str) -> Option<&str> {
-        self.secrets.get(name).map(SecretValue::expose)
+        self.secrets.get(name).map(|secret| secret.value.expose())
+    }
+
+    /// The hosts secret `name` may be sent to (empty: none), if the secret is open.
+    pub fn secret_allowed_hosts(&self, name: &str) -> Option<&[HostPattern]> {
+        self.secrets
+            .get(name)
+            .map(|secret| secret.allowed_hosts.as_slice())
+    }
+
+    /// Whether secret `name` is in the snapshot but could not be opened by this data plane.
+    pub fn is_unopened(&self, name: &str) -> bool {
+        self.unopened.contains(name)
+    }
+
+    /// The redaction automaton for this environment's secrets.
+    pub(crate) fn redaction(&self) -> &Arc<RedactionIndex> {
+        &self.redaction
+    }
+
+    /// The set of the named (opened) secrets, for redaction.
+    pub(crate) fn secret_set<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> SecretSet {
+        SecretSet::of(
+            names
+                .into_iter()
+                .filter_map(|name| self.secrets.get(name).map(|secret| secret.index)),
+        )
     }
 
     /// The API keys of this environment.
@@ -228,7 +296,7 @@ pub enum ApplyOutcome {
 /// Holds the live [`Snapshot`] and applies new environment snapshots to it.
 pub struct SnapshotStore {
     current: ArcSwap<Snapshot>,
-    opening_key: OpeningKey,
+    opening_keys: OpeningKeyring,
     /// Serializes writers so two concurrent applies cannot lose each other's environment.
     writer: Mutex<()>,
     synced: AtomicBool,
@@ -244,11 +312,11 @@ impl std::fmt::Debug for SnapshotStore {
 }
 
 impl SnapshotStore {
-    /// An empty store; `opening_key` opens the sealed secrets of every applied snapshot.
-    pub fn new(opening_key: OpeningKey) -> Self {
+    /// An empty store; `opening_keys` open the sealed secrets of every applied snapshot.
+    pub fn new(opening_keys: OpeningKeyring) -> Self {
         Self {
             current: ArcSwap::from_pointee(Snapshot::default()),
-            opening_key,
+            opening_keys,
             writer: Mutex::new(()),
             synced: AtomicBool::new(false),
         }
@@ -279,7 +347,7 @@ impl SnapshotStore {
         }
         let revision = snapshot.revision;
         // Compile before taking the writer lock: it is the expensive part.
-        let compiled = CompiledEnvironment::compile(snapshot, &self.opening_key);
+        let compiled = CompiledEnvironment::compile(snapshot, &self.opening_keys);
         let _writer = self
             .writer
             .lock()
@@ -317,6 +385,7 @@ impl SnapshotStore {
 mod tests {
     use std::collections::BTreeMap;
 
+    use airlock_shared::seal::OpeningKey;
     use airlock_shared::wire::FunctionSpec;
 
     use super::*;
@@ -373,7 +442,7 @@ mod tests {
             .insert("good".into(), function("good", "https://api.example.com/x"));
         s.functions
             .insert("bad".into(), function("bad", "ftp://api.example.com/x"));
-        let env = CompiledEnvironment::compile(s, &key);
+        let env = CompiledEnvironment::compile(s, &key.clone().into());
         assert!(env.function("good").is_some());
         assert!(env.function("bad").is_none());
         assert_eq!(env.function("good").unwrap().name, "good");
@@ -410,7 +479,7 @@ mod tests {
                     .unwrap(),
             ),
         );
-        let env = CompiledEnvironment::compile(s, &key);
+        let env = CompiledEnvironment::compile(s, &key.clone().into());
         assert_eq!(env.secret("GOOD"), Some("good-value"));
         assert_eq!(env.secret("MOVED"), None);
         assert_eq!(env.secret("FOREIGN"), None);
@@ -419,8 +488,57 @@ mod tests {
     }
 
     #[test]
+    fn secrets_sealed_to_any_key_of_the_ring_open_and_keep_their_binding() {
+        let (old, new) = (OpeningKey::generate(), OpeningKey::generate());
+        let identity = |name| SecretIdentity {
+            tenant_id: TENANT,
+            environment_id: ENV_A,
+            name,
+            version: 1,
+        };
+        let mut s = snapshot(ENV_A, 1);
+        s.secrets.insert(
+            "OLD".into(),
+            entry(
+                old.sealing_key()
+                    .seal(identity("OLD"), "old-value")
+                    .unwrap(),
+            ),
+        );
+        let mut bound = entry(
+            new.sealing_key()
+                .seal(identity("NEW"), "new-value")
+                .unwrap(),
+        );
+        bound.allowed_hosts =
+            vec![airlock_shared::hosts::HostPattern::parse("*.example.com").unwrap()];
+        s.secrets.insert("NEW".into(), bound);
+        let ring = OpeningKeyring::new(vec![old, new.clone()]).unwrap();
+        let env = CompiledEnvironment::compile(s.clone(), &ring);
+        assert_eq!(env.secret("OLD"), Some("old-value"));
+        assert_eq!(env.secret("NEW"), Some("new-value"));
+        assert_eq!(
+            env.secret_allowed_hosts("NEW").unwrap()[0].as_str(),
+            "*.example.com"
+        );
+        assert!(!env.is_unopened("OLD"));
+        // The same snapshot without the old key: that secret fails closed, by name.
+        let env = CompiledEnvironment::compile(s, &new.into());
+        assert_eq!(env.secret("OLD"), None);
+        assert!(env.is_unopened("OLD"));
+        assert!(!env.is_unopened("NOT_IN_SNAPSHOT"));
+        assert_eq!(env.secret("NEW"), Some("new-value"));
+        // Redaction covers the opened secret, by its index.
+        let set = env.secret_set(["NEW", "OLD", "NOT_IN_SNAPSHOT"]);
+        assert_eq!(
+            env.redaction().redact(&set, b"x new-value y"),
+            Some(b"x [REDACTED] y".to_vec())
+        );
+    }
+
+    #[test]
     fn newer_revision_wins_and_older_ones_are_ignored() {
-        let store = SnapshotStore::new(OpeningKey::generate());
+        let store = SnapshotStore::new(OpeningKey::generate().into());
         let mut v2 = snapshot(ENV_A, 2);
         v2.functions
             .insert("f".into(), function("f", "https://v2.example.com/"));
@@ -452,7 +570,7 @@ mod tests {
 
     #[test]
     fn key_index_spans_environments_and_follows_replacements() {
-        let store = SnapshotStore::new(OpeningKey::generate());
+        let store = SnapshotStore::new(OpeningKey::generate().into());
         let mut a = snapshot(ENV_A, 1);
         a.api_keys.push(grant("key-a", &["*"]));
         let mut b = snapshot(ENV_B, 1);
@@ -487,7 +605,7 @@ mod tests {
 
     #[test]
     fn a_hash_in_two_environments_is_refused() {
-        let store = SnapshotStore::new(OpeningKey::generate());
+        let store = SnapshotStore::new(OpeningKey::generate().into());
         let mut a = snapshot(ENV_A, 1);
         a.api_keys.push(grant("shared", &["*"]));
         a.api_keys.push(grant("only-a", &["*"]));
@@ -502,7 +620,7 @@ mod tests {
 
     #[test]
     fn synced_flag() {
-        let store = SnapshotStore::new(OpeningKey::generate());
+        let store = SnapshotStore::new(OpeningKey::generate().into());
         assert!(!store.is_synced());
         store.mark_synced();
         assert!(store.is_synced());

@@ -481,8 +481,9 @@ async fn shutdown_closes_the_listener_and_a_busy_port_is_an_error() {
     let busy = tokio::task::spawn_blocking(move || {
         airlock_data_plane::spawn(airlock_data_plane::DataPlaneConfig {
             listen: addr,
-            opening_key: key,
+            opening_keys: key.into(),
             source: airlock_data_plane::ConfigSource::InProcess(receiver),
+            events: airlock_data_plane::EventSink::Disabled,
             threads: 1,
             upstream_ca_file: None,
         })

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use airlock_data_plane::ConfigSource;
+use airlock_data_plane::{ConfigSource, EventSink};
 use airlock_shared::keys::RedisNames;
 use airlock_shared::seal::OpeningKey;
 use airlock_shared::wire::EnvironmentSnapshot;
@@ -86,12 +86,13 @@ fn snapshot(upstream: &Upstream, env: Uuid, revision: i64, path: &str) -> Enviro
 
 async fn start(key: &OpeningKey, names: &RedisNames) -> TestPlane {
     let handle = start_plane(
-        key,
+        key.clone(),
         ConfigSource::Redis {
             url: REDIS_URL.into(),
             names: names.clone(),
         },
         None,
+        EventSink::Disabled,
     )
     .await;
     let (sender, _) = tokio::sync::mpsc::unbounded_channel();
@@ -177,12 +178,13 @@ async fn a_missed_notification_is_caught_by_the_periodic_resync() {
 async fn without_redis_the_plane_is_alive_but_not_ready() {
     let key = OpeningKey::generate();
     let handle = start_plane(
-        &key,
+        key.clone(),
         ConfigSource::Redis {
             url: format!("redis://127.0.0.1:{}", free_port()),
             names: RedisNames::new("unreachable"),
         },
         None,
+        EventSink::Disabled,
     )
     .await;
     let base = format!("http://{}", handle.listen_addr());
@@ -213,58 +215,6 @@ async fn without_redis_the_plane_is_alive_but_not_ready() {
         .unwrap();
 }
 
-/// A TCP relay to Redis that can drop every connection and refuse new ones, to simulate an
-/// outage without touching the shared Redis.
-struct FlakyRedis {
-    port: u16,
-    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
-}
-
-impl FlakyRedis {
-    async fn start() -> Self {
-        use std::sync::atomic::Ordering;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (up2, connections2) = (up.clone(), connections.clone());
-        tokio::spawn(async move {
-            loop {
-                let (mut client, _) = listener.accept().await.unwrap();
-                if !up2.load(Ordering::SeqCst) {
-                    continue; // dropped: connection closed
-                }
-                let task = tokio::spawn(async move {
-                    let mut server = tokio::net::TcpStream::connect("127.0.0.1:6379")
-                        .await
-                        .unwrap();
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                });
-                connections2.lock().unwrap().push(task.abort_handle());
-            }
-        });
-        Self {
-            port,
-            up,
-            connections,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    fn set_up(&self, up: bool) {
-        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
-        if !up {
-            for connection in self.connections.lock().unwrap().drain(..) {
-                connection.abort();
-            }
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_outage_keeps_the_last_snapshot_and_resyncs_on_reconnect() {
     let names = RedisNames::new(format!("test-{}", Uuid::new_v4()));
@@ -276,12 +226,13 @@ async fn a_redis_outage_keeps_the_last_snapshot_and_resyncs_on_reconnect() {
 
     let flaky = FlakyRedis::start().await;
     let handle = start_plane(
-        &key,
+        key.clone(),
         ConfigSource::Redis {
             url: flaky.url(),
             names: names.clone(),
         },
         None,
+        EventSink::Disabled,
     )
     .await;
     let (sender, _) = tokio::sync::mpsc::unbounded_channel();

@@ -77,8 +77,9 @@ async fn a_bad_ca_file_is_a_startup_error() {
     let (_sender, receiver) = tokio::sync::mpsc::unbounded_channel();
     let error = airlock_data_plane::spawn(airlock_data_plane::DataPlaneConfig {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], free_port())),
-        opening_key: OpeningKey::generate(),
+        opening_keys: OpeningKey::generate().into(),
         source: airlock_data_plane::ConfigSource::InProcess(receiver),
+        events: airlock_data_plane::EventSink::Disabled,
         threads: 1,
         upstream_ca_file: Some(fixture("upstream.key")),
     })

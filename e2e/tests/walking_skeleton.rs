@@ -15,8 +15,9 @@ const CREATE_ENV: &str = "mutation($t: ID!, $name: String!) {
     createEnvironment(input: {tenantId: $t, name: $name}) { id name } }";
 const CREATE_FUNCTION: &str = "mutation($input: CreateFunctionInput!) {
     createFunction(input: $input) { id name } }";
-const SET_SECRET: &str = "mutation($e: ID!, $name: String!, $value: String!) {
-    setSecret(input: {environmentId: $e, name: $name, value: $value}) { id name version } }";
+const SET_SECRET: &str = "mutation($e: ID!, $name: String!, $value: String!, $hosts: [String!]) {
+    setSecret(input: {environmentId: $e, name: $name, value: $value, allowedHosts: $hosts}) {
+      id name version allowedHosts } }";
 const CREATE_KEY: &str = "mutation($e: ID!, $name: String!, $functions: [String!]!) {
     createApiKey(input: {environmentId: $e, name: $name, functions: $functions}) {
       apiKey { id name prefix } key } }";
@@ -63,12 +64,14 @@ async fn setup(airlock: &Airlock, httpbin: &Httpbin) -> Result<Fixture> {
             .graphql_ok(CREATE_FUNCTION, json!({"input": input}))
             .await?;
     }
+    create_probe_function(airlock, httpbin, &tenant_id, "TOKEN").await?;
 
     let token = format!("canary-token-{}", uuid::Uuid::new_v4().simple());
     let secret = airlock
         .graphql_ok(
             SET_SECRET,
-            json!({"e": env_id, "name": "TOKEN", "value": token}),
+            // httpbin listens on 127.0.0.1: the only host TOKEN may be sent to.
+            json!({"e": env_id, "name": "TOKEN", "value": token, "hosts": ["127.0.0.1"]}),
         )
         .await?;
     assert_eq!(secret["setSecret"]["version"], 1);
@@ -120,8 +123,51 @@ async fn wait_until_key_works(airlock: &Airlock, key: &str, function: &str) -> R
     }
 }
 
-/// The secret reaches httpbin's `/bearer` in the Authorization header.
-async fn bearer_gets_secret_injected(airlock: &Airlock, f: &Fixture) -> Result<()> {
+/// `bearer_probe`: GET httpbin's `/bearer?probe=...` with `secret` in the Authorization
+/// header. The probe argument lets a test find its request in httpbin's access log.
+async fn create_probe_function(
+    airlock: &Airlock,
+    httpbin: &Httpbin,
+    tenant_id: &str,
+    secret: &str,
+) -> Result<()> {
+    airlock
+        .graphql_ok(
+            CREATE_FUNCTION,
+            json!({"input": {"tenantId": tenant_id, "name": "bearer_probe", "method": "GET",
+                   "url": format!("{}/bearer?probe={{{{args.probe}}}}", httpbin.url),
+                   "headers": [{"name": "Authorization",
+                                "value": format!("Bearer {{{{secrets.{secret}}}}}")}]}}),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Invoke `bearer_probe` and return the bearer token httpbin actually received (responses
+/// to the client are redacted, so the upstream's access log is the witness).
+async fn token_seen_by_upstream(airlock: &Airlock, httpbin: &Httpbin, key: &str) -> Result<String> {
+    let probe = uuid::Uuid::new_v4().simple().to_string();
+    let resp = airlock
+        .invoke("bearer_probe", key, json!({"probe": probe}))
+        .await?;
+    assert_eq!(resp.status(), 200);
+    let line = httpbin
+        .request_line_containing(&format!("probe={probe}"))
+        .await?;
+    let (_, authorization) = line.split_once('\t').expect("tab-separated access log");
+    Ok(authorization
+        .strip_prefix("Bearer ")
+        .unwrap_or(authorization)
+        .to_string())
+}
+
+/// The secret reaches httpbin's `/bearer` in the Authorization header; httpbin's echo of it
+/// comes back redacted.
+async fn bearer_gets_secret_injected(
+    airlock: &Airlock,
+    httpbin: &Httpbin,
+    f: &Fixture,
+) -> Result<()> {
     let resp = airlock
         .invoke("bearer", &f.key_bearer_only, json!({}))
         .await?;
@@ -132,7 +178,11 @@ async fn bearer_gets_secret_injected(airlock: &Airlock, f: &Fixture) -> Result<(
         .starts_with("application/json"));
     let body: Value = resp.json().await?;
     assert_eq!(body["authenticated"], true);
-    assert_eq!(body["token"], f.token.as_str());
+    assert_eq!(body["token"], "[REDACTED]");
+    assert_eq!(
+        token_seen_by_upstream(airlock, httpbin, &f.key_all).await?,
+        f.token
+    );
     Ok(())
 }
 
@@ -329,7 +379,11 @@ async fn gateway_errors(airlock: &Airlock, f: &Fixture) -> Result<()> {
 
 /// A change through GraphQL is live in the data plane within one second, without a restart.
 /// Returns the rotated secret value (another canary).
-async fn changes_are_live_within_one_second(airlock: &Airlock, f: &Fixture) -> Result<String> {
+async fn changes_are_live_within_one_second(
+    airlock: &Airlock,
+    httpbin: &Httpbin,
+    f: &Fixture,
+) -> Result<String> {
     let rotated = format!("canary-rotated-{}", uuid::Uuid::new_v4().simple());
     airlock
         .graphql_ok(
@@ -339,12 +393,7 @@ async fn changes_are_live_within_one_second(airlock: &Airlock, f: &Fixture) -> R
         .await?;
     let changed = Instant::now();
     loop {
-        let body: Value = airlock
-            .invoke("bearer", &f.key_bearer_only, json!({}))
-            .await?
-            .json()
-            .await?;
-        if body["token"] == rotated.as_str() {
+        if token_seen_by_upstream(airlock, httpbin, &f.key_all).await? == rotated {
             break;
         }
         assert!(
@@ -448,11 +497,11 @@ async fn secrets_never_leave_the_vault(airlock: &Airlock, f: &Fixture) -> Result
 /// Runs every scenario; returns the secret values and keys planted (canaries to scan for).
 async fn run_all(airlock: &mut Airlock, httpbin: &Httpbin) -> Result<Vec<String>> {
     let fixture = setup(airlock, httpbin).await?;
-    bearer_gets_secret_injected(airlock, &fixture).await?;
+    bearer_gets_secret_injected(airlock, httpbin, &fixture).await?;
     arguments_are_encoded_where_they_land(airlock, httpbin, &fixture).await?;
     gateway_errors(airlock, &fixture).await?;
     bad_graphql_input_changes_nothing(airlock, &fixture).await?;
-    let rotated = changes_are_live_within_one_second(airlock, &fixture).await?;
+    let rotated = changes_are_live_within_one_second(airlock, httpbin, &fixture).await?;
     secrets_never_leave_the_vault(airlock, &fixture).await?;
     airlock.check_running()?;
     Ok(vec![
@@ -461,6 +510,22 @@ async fn run_all(airlock: &mut Airlock, httpbin: &Httpbin) -> Result<Vec<String>
         fixture.key_all,
         fixture.key_bearer_only,
     ])
+}
+
+/// Every string inside a Redis reply, concatenated.
+fn redis_bytes(value: &redis::Value) -> Vec<u8> {
+    match value {
+        redis::Value::BulkString(bytes) => bytes.clone(),
+        redis::Value::SimpleString(text) => text.clone().into_bytes(),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            items.iter().flat_map(redis_bytes).collect()
+        }
+        redis::Value::Map(pairs) => pairs
+            .iter()
+            .flat_map(|(k, v)| [redis_bytes(k), redis_bytes(v)].concat())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 fn assert_no_canary(haystack: &[u8], canaries: &[String], place: &str) {
@@ -485,41 +550,28 @@ async fn dev_mode_reads_its_own_writes(airlock: &Airlock, httpbin: &Httpbin) -> 
         .graphql_ok(CREATE_ENV, json!({"t": tenant_id, "name": "dev"}))
         .await?;
     let env_id = env["createEnvironment"]["id"].as_str().unwrap();
-    airlock
-        .graphql_ok(
-            CREATE_FUNCTION,
-            json!({"input": {"tenantId": tenant_id, "name": "bearer", "method": "GET",
-                   "url": format!("{}/bearer", httpbin.url),
-                   "headers": [{"name": "Authorization", "value": "Bearer {{secrets.T}}"}]}}),
-        )
-        .await?;
+    create_probe_function(airlock, httpbin, tenant_id, "T").await?;
     for version in 1..=3 {
         let value = format!("rw-{version}-{}", uuid::Uuid::new_v4().simple());
         airlock
             .graphql_ok(
                 SET_SECRET,
-                json!({"e": env_id, "name": "T", "value": value}),
+                json!({"e": env_id, "name": "T", "value": value, "hosts": ["127.0.0.1"]}),
             )
             .await?;
         let key = airlock
             .graphql_ok(
                 CREATE_KEY,
-                json!({"e": env_id, "name": format!("k{version}"), "functions": ["bearer"]}),
+                json!({"e": env_id, "name": format!("k{version}"), "functions": ["bearer_probe"]}),
             )
             .await?["createApiKey"]["key"]
             .as_str()
             .unwrap()
             .to_string();
-        let resp = airlock.invoke("bearer", &key, json!({})).await?;
+        // token_seen_by_upstream asserts the first invoke with the new key succeeds.
         assert_eq!(
-            resp.status(),
-            200,
-            "a new key must work at once under airlock dev"
-        );
-        let body: Value = resp.json().await?;
-        assert_eq!(
-            body["token"],
-            value.as_str(),
+            token_seen_by_upstream(airlock, httpbin, &key).await?,
+            value,
             "the new secret version must be live at once"
         );
     }
@@ -596,6 +648,14 @@ async fn split_mode_over_redis_and_postgres() -> Result<()> {
                 .query_async::<Vec<Vec<u8>>>(&mut conn)
                 .await?
                 .concat(),
+            // The events stream: every field of every entry.
+            "stream" => redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .query_async::<redis::Value>(&mut conn)
+                .await
+                .map(|v| redis_bytes(&v))?,
             other => panic!("unexpected Redis type {other} for {key}"),
         };
         redis_dump.extend_from_slice(key.as_bytes());
@@ -630,6 +690,6 @@ async fn split_mode_data_plane_serves_after_control_plane_stops() -> Result<()> 
     // Stop the control plane: the data plane keeps serving from its snapshot.
     let status = airlock.processes[0].terminate()?;
     assert!(status.success(), "control plane exit status {status}");
-    bearer_gets_secret_injected(&airlock, &f).await?;
+    bearer_gets_secret_injected(&airlock, &httpbin, &f).await?;
     Ok(())
 }

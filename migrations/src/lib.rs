@@ -18,6 +18,10 @@ mod m20260401_000004_create_secrets;
 mod m20260401_000005_create_secret_versions;
 mod m20260401_000006_create_api_keys;
 mod m20260401_000007_create_admin_tokens;
+mod m20260410_000001_create_events;
+mod m20260411_000001_create_audit_log;
+mod m20260411_000002_add_secret_hosts_and_version_actors;
+mod m20260411_000003_create_provisioning_links;
 
 /// Applies the Airlock schema: `Migrator::up(&db, None)`.
 pub struct Migrator;
@@ -33,6 +37,10 @@ impl MigratorTrait for Migrator {
             Box::new(m20260401_000005_create_secret_versions::Migration),
             Box::new(m20260401_000006_create_api_keys::Migration),
             Box::new(m20260401_000007_create_admin_tokens::Migration),
+            Box::new(m20260410_000001_create_events::Migration),
+            Box::new(m20260411_000001_create_audit_log::Migration),
+            Box::new(m20260411_000002_add_secret_hosts_and_version_actors::Migration),
+            Box::new(m20260411_000003_create_provisioning_links::Migration),
         ]
     }
 }

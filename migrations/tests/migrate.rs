@@ -13,6 +13,9 @@ const TABLES: &[&str] = &[
     "secret_versions",
     "api_keys",
     "admin_tokens",
+    "events",
+    "audit_log",
+    "provisioning_links",
 ];
 
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -39,6 +42,34 @@ async fn insert_environment(
             tenant_id.into(),
             name.into(),
             Expr::current_timestamp(),
+        ])
+        .to_owned();
+    db.execute(&stmt).await.map(|_| ())
+}
+
+/// An event row as the events consumer writes it (no foreign keys: `tenant` may be unknown).
+async fn insert_event(db: &DatabaseConnection, id: Uuid, tenant: Uuid) -> Result<(), DbErr> {
+    let stmt = Query::insert()
+        .into_table("events")
+        .columns([
+            "id",
+            "at",
+            "kind",
+            "tenant_id",
+            "request_id",
+            "secrets",
+            "status",
+            "message",
+        ])
+        .values_panic([
+            id.into(),
+            Expr::current_timestamp(),
+            "upstream.error".into(),
+            tenant.into(),
+            "req-1".into(),
+            "[]".into(),
+            502.into(),
+            "bad gateway".into(),
         ])
         .to_owned();
     db.execute(&stmt).await.map(|_| ())
@@ -84,6 +115,15 @@ async fn check_schema(db: &DatabaseConnection) {
     assert!(matches!(
         orphan.sql_err(),
         Some(SqlErr::ForeignKeyConstraintViolation(_))
+    ));
+
+    // Events outlive what they name (no foreign key), and an id is stored once.
+    let event = Uuid::now_v7();
+    insert_event(db, event, Uuid::new_v4()).await.unwrap();
+    let again = insert_event(db, event, tenant).await.unwrap_err();
+    assert!(matches!(
+        again.sql_err(),
+        Some(SqlErr::UniqueConstraintViolation(_))
     ));
 
     Migrator::down(db, None)

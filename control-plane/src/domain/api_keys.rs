@@ -7,6 +7,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::audit::{self, actions, targets, Actor, AuditEntry};
 use super::environments::{self, lock_environment};
 use super::{begin_write, functions, insert_error, names, now};
 use crate::entity::api_key as api_key_entity;
@@ -48,6 +49,7 @@ impl std::fmt::Debug for CreatedApiKey {
 /// the tenant's functions). Key names are unique per environment.
 pub async fn create(
     db: &DatabaseConnection,
+    actor: Actor,
     environment_id: Uuid,
     name: &str,
     grants: &[String],
@@ -110,6 +112,16 @@ pub async fn create(
     .insert(&txn)
     .await
     .map_err(|e| insert_error(e, "API key", name))?;
+    // Names and grants only: never the key, its prefix or its hash.
+    audit::record(
+        &txn,
+        AuditEntry::new(actor, actions::API_KEY_CREATE, targets::API_KEY)
+            .tenant(environment.tenant_id)
+            .environment(environment_id)
+            .target(model.id, model.name.clone())
+            .detail(serde_json::json!({ "functions": granted })),
+    )
+    .await?;
     txn.commit().await?;
     Ok(CreatedApiKey {
         api_key: from_model(model)?,

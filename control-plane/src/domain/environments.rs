@@ -6,6 +6,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::audit::{self, actions, targets, Actor, AuditEntry};
 use super::{begin_write, insert_error, names, not_found, now, tenants};
 use crate::entity::{environment, tenant};
 use crate::error::AppError;
@@ -13,6 +14,7 @@ use crate::error::AppError;
 /// Create an environment in a tenant. Names are unique per tenant.
 pub async fn create(
     db: &DatabaseConnection,
+    actor: Actor,
     tenant_id: Uuid,
     name: &str,
 ) -> Result<environment::Model, AppError> {
@@ -39,6 +41,14 @@ pub async fn create(
     .insert(&txn)
     .await
     .map_err(|e| insert_error(e, "environment", name))?;
+    audit::record(
+        &txn,
+        AuditEntry::new(actor, actions::ENVIRONMENT_CREATE, targets::ENVIRONMENT)
+            .tenant(tenant_id)
+            .environment(model.id)
+            .target(model.id, model.name.clone()),
+    )
+    .await?;
     txn.commit().await?;
     Ok(model)
 }

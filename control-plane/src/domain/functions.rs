@@ -9,6 +9,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::audit::{self, actions, targets, Actor, AuditEntry};
 use super::environments::lock_tenant;
 use super::{begin_write, insert_error, names, now, tenants};
 use crate::entity::function;
@@ -47,7 +48,11 @@ pub struct Function {
 }
 
 /// Check, then store a function. Nothing is written unless the whole definition compiles.
-pub async fn create(db: &DatabaseConnection, new: NewFunction) -> Result<Function, AppError> {
+pub async fn create(
+    db: &DatabaseConnection,
+    actor: Actor,
+    new: NewFunction,
+) -> Result<Function, AppError> {
     names::check_resource_name("name", &new.name)?;
     let spec = checked_spec(&new)?;
 
@@ -80,6 +85,14 @@ pub async fn create(db: &DatabaseConnection, new: NewFunction) -> Result<Functio
     .insert(&txn)
     .await
     .map_err(|e| insert_error(e, "function", &spec.name))?;
+    audit::record(
+        &txn,
+        AuditEntry::new(actor, actions::FUNCTION_CREATE, targets::FUNCTION)
+            .tenant(new.tenant_id)
+            .target(model.id, model.name.clone())
+            .detail(serde_json::json!({ "method": model.method })),
+    )
+    .await?;
     txn.commit().await?;
     from_model(model)
 }

@@ -2,14 +2,19 @@
 //! these calls and the results into GraphQL objects.
 //!
 //! Every mutation validates all of its input before it writes anything, and writes inside one
-//! transaction, so bad input leaves the database untouched. Uniqueness is checked up front
+//! transaction, so bad input leaves the database untouched. Each records who did it in the
+//! audit log ([`audit::record`]) inside that same transaction. Uniqueness is checked up front
 //! (for a clear error) and enforced again by the database's unique indexes (for races).
 
 pub mod admin_tokens;
 pub mod api_keys;
+pub mod audit;
 pub mod environments;
+pub mod events;
 pub mod functions;
 pub mod names;
+pub mod provisioning;
+pub mod reseal;
 pub mod secrets;
 pub mod snapshot;
 pub mod tenants;

@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{api_keys, functions};
+use super::{api_keys, functions, secrets};
 use crate::entity::{environment, secret, secret_version};
 use crate::error::AppError;
 
@@ -110,7 +110,7 @@ async fn current_secrets(
             secret.name.clone(),
             SecretEntry {
                 sealed,
-                allowed_hosts: Vec::new(),
+                allowed_hosts: secrets::stored_hosts(secret.id, &secret.allowed_hosts)?,
             },
         );
     }

@@ -5,12 +5,17 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
+use super::audit::{self, actions, targets, Actor, AuditEntry};
 use super::{begin_write, insert_error, names, not_found, now};
 use crate::entity::tenant;
 use crate::error::AppError;
 
 /// Create a tenant. Names are unique across the installation.
-pub async fn create(db: &DatabaseConnection, name: &str) -> Result<tenant::Model, AppError> {
+pub async fn create(
+    db: &DatabaseConnection,
+    actor: Actor,
+    name: &str,
+) -> Result<tenant::Model, AppError> {
     names::check_resource_name("name", name)?;
     let txn = begin_write(db).await?;
     let taken = tenant::Entity::find()
@@ -31,6 +36,13 @@ pub async fn create(db: &DatabaseConnection, name: &str) -> Result<tenant::Model
     .insert(&txn)
     .await
     .map_err(|e| insert_error(e, "tenant", name))?;
+    audit::record(
+        &txn,
+        AuditEntry::new(actor, actions::TENANT_CREATE, targets::TENANT)
+            .tenant(model.id)
+            .target(model.id, model.name.clone()),
+    )
+    .await?;
     txn.commit().await?;
     Ok(model)
 }

@@ -3,8 +3,11 @@
 
 pub mod admin_token;
 pub mod api_key;
+pub mod audit_log;
 pub mod environment;
+pub mod event;
 pub mod function;
+pub mod provisioning_link;
 pub mod secret;
 pub mod secret_version;
 pub mod tenant;

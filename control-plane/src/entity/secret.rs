@@ -12,6 +12,10 @@ pub struct Model {
     pub environment_id: Uuid,
     pub name: String,
     pub current_version: i32,
+    /// JSON array of host patterns ([`airlock_shared::hosts::HostPattern`]) the secret may be
+    /// sent to.
+    #[sea_orm(column_type = "Text")]
+    pub allowed_hosts: String,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -15,6 +15,10 @@ pub struct Model {
     #[sea_orm(column_type = "Text")]
     pub sealed: String,
     pub created_at: DateTimeUtc,
+    /// Who stored this version (`audit_log.actor_type` vocabulary); `None` for versions
+    /// stored before authorship was recorded.
+    pub created_by_type: Option<String>,
+    pub created_by_id: Option<Uuid>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

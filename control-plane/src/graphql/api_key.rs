@@ -4,7 +4,7 @@
 use async_graphql::{Context, InputObject, Object, Result, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 
-use super::{parse_id, state, to_id};
+use super::{actor, parse_id, state, to_id};
 use crate::domain::api_keys;
 use crate::error::GraphqlResultExt;
 
@@ -87,10 +87,17 @@ impl ApiKeyMutation {
         input: CreateApiKeyInput,
     ) -> Result<CreatedApiKey> {
         let state = state(ctx);
+        let actor = actor(ctx).gql()?;
         let environment_id = parse_id("environmentId", &input.environment_id).gql()?;
-        let created = api_keys::create(&state.db, environment_id, &input.name, &input.functions)
-            .await
-            .gql()?;
+        let created = api_keys::create(
+            &state.db,
+            actor,
+            environment_id,
+            &input.name,
+            &input.functions,
+        )
+        .await
+        .gql()?;
         state.publisher.publish_environment(environment_id).await;
         Ok(CreatedApiKey {
             api_key: ApiKey(created.api_key),

@@ -3,7 +3,7 @@
 use async_graphql::{Context, InputObject, Object, Result, ID};
 use chrono::{DateTime, Utc};
 
-use super::{parse_id, state, to_id};
+use super::{actor, parse_id, state, to_id};
 use crate::domain::environments;
 use crate::entity::environment;
 use crate::error::GraphqlResultExt;
@@ -67,8 +67,9 @@ impl EnvironmentMutation {
         input: CreateEnvironmentInput,
     ) -> Result<Environment> {
         let state = state(ctx);
+        let actor = actor(ctx).gql()?;
         let tenant_id = parse_id("tenantId", &input.tenant_id).gql()?;
-        let environment = environments::create(&state.db, tenant_id, &input.name)
+        let environment = environments::create(&state.db, actor, tenant_id, &input.name)
             .await
             .gql()?;
         state.publisher.publish_environment(environment.id).await;

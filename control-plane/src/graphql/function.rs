@@ -4,7 +4,7 @@ use airlock_shared::wire::HeaderSpec;
 use async_graphql::{Context, InputObject, Object, Result, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 
-use super::{parse_id, state, to_id};
+use super::{actor, parse_id, state, to_id};
 use crate::domain::functions::{self, NewFunction};
 use crate::error::{AppError, GraphqlResultExt};
 
@@ -132,6 +132,7 @@ impl FunctionMutation {
         input: CreateFunctionInput,
     ) -> Result<Function> {
         let state = state(ctx);
+        let actor = actor(ctx).gql()?;
         let tenant_id = parse_id("tenantId", &input.tenant_id).gql()?;
         let new = NewFunction {
             tenant_id,
@@ -150,7 +151,7 @@ impl FunctionMutation {
             body: input.body,
             timeout_ms: input.timeout_ms.map(i64::from),
         };
-        let function = functions::create(&state.db, new).await.gql()?;
+        let function = functions::create(&state.db, actor, new).await.gql()?;
         state.publisher.publish_tenant(tenant_id).await;
         Ok(Function(function))
     }

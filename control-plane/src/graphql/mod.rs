@@ -2,14 +2,18 @@
 //! call `crate::domain`, publish the changed config, wrap the result.
 
 pub mod api_key;
+pub mod audit;
 pub mod environment;
+pub mod event;
 pub mod function;
+pub mod provisioning;
 pub mod secret;
 pub mod tenant;
 
 use async_graphql::{Context, EmptySubscription, MergedObject, Schema, ID};
 use uuid::Uuid;
 
+use crate::domain::audit::Actor;
 use crate::error::AppError;
 use crate::state::AppState;
 
@@ -35,6 +39,9 @@ pub struct QueryRoot(
     function::FunctionQuery,
     secret::SecretQuery,
     api_key::ApiKeyQuery,
+    audit::AuditQuery,
+    provisioning::ProvisioningQuery,
+    event::EventQuery,
 );
 
 /// Every mutation.
@@ -46,6 +53,7 @@ pub struct MutationRoot(
     function::FunctionMutation,
     secret::SecretMutation,
     api_key::ApiKeyMutation,
+    provisioning::ProvisioningMutation,
 );
 
 /// Build the schema over `state`, with depth, complexity, recursion and directive limits
@@ -68,6 +76,21 @@ pub fn build_schema(state: AppState) -> AppSchema {
 pub(crate) fn state<'a>(ctx: &Context<'a>) -> &'a AppState {
     ctx.data_unchecked::<AppState>()
 }
+
+/// Who is making this request. The HTTP layer puts the authenticated admin token into every
+/// request's data ([`crate::http`]); a request without one (which the HTTP layer never
+/// executes) may not change anything.
+pub(crate) fn actor(ctx: &Context<'_>) -> Result<Actor, AppError> {
+    ctx.data_opt::<Actor>()
+        .copied()
+        .ok_or(AppError::Unauthenticated)
+}
+
+/// Base URL (`scheme://authority`) of the control plane as the client reached it, taken from
+/// the request's `Host` by the HTTP layer. Used for links handed out (provisioning links)
+/// when no public URL is configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestOrigin(pub String);
 
 /// Parse an `ID` argument that must be a UUID.
 pub(crate) fn parse_id(field: &'static str, id: &ID) -> Result<Uuid, AppError> {

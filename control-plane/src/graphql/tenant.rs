@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 
 use super::environment::Environment;
 use super::function::Function;
-use super::{parse_id, state, to_id};
+use super::{actor, parse_id, state, to_id};
 use crate::domain::{environments, functions, tenants};
 use crate::entity::tenant;
 use crate::error::GraphqlResultExt;
@@ -81,8 +81,11 @@ impl TenantMutation {
     /// Create a tenant.
     async fn create_tenant(&self, ctx: &Context<'_>, input: CreateTenantInput) -> Result<Tenant> {
         // A tenant has no environments yet, so there is nothing to publish.
+        let actor = actor(ctx).gql()?;
         Ok(Tenant(
-            tenants::create(&state(ctx).db, &input.name).await.gql()?,
+            tenants::create(&state(ctx).db, actor, &input.name)
+                .await
+                .gql()?,
         ))
     }
 }

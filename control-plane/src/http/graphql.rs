@@ -11,7 +11,9 @@ use tracing::Instrument;
 
 use super::{HttpState, MAX_BODY_BYTES};
 use crate::domain::admin_tokens;
+use crate::domain::audit::Actor;
 use crate::error::AppError;
+use crate::graphql::RequestOrigin;
 
 /// GraphiQL. The page itself needs no token; its requests do (set `Authorization` in its
 /// Headers tab).
@@ -33,6 +35,7 @@ pub(crate) async fn execute(State(http): State<HttpState>, request: Request) -> 
         Err(error) => return error.into_response(),
     };
 
+    let origin = request_origin(&request);
     let content_type = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -52,6 +55,12 @@ pub(crate) async fn execute(State(http): State<HttpState>, request: Request) -> 
         }
     };
 
+    // The one place the caller's identity enters GraphQL: every resolver that changes
+    // something reads its actor from here (`graphql::actor`).
+    let mut graphql_request = graphql_request.data(Actor::AdminToken(token_id));
+    if let Some(origin) = origin {
+        graphql_request = graphql_request.data(origin);
+    }
     let span = tracing::info_span!("graphql", admin_token = %token_id);
     let response = http.schema.execute(graphql_request).instrument(span).await;
     let status = if is_request_error(&response) {
@@ -75,6 +84,23 @@ async fn authenticate(http: &HttpState, headers: &HeaderMap) -> Result<uuid::Uui
     admin_tokens::authenticate(&http.app.db, token)
         .await?
         .ok_or(AppError::Unauthenticated)
+}
+
+/// `http://<authority>` as the client addressed this server (`Host`, or the HTTP/2
+/// `:authority`), when that is a plain `host[:port]`. Behind a TLS-terminating proxy set
+/// `AIRLOCK_PUBLIC_URL` instead: this cannot know the client used `https`.
+fn request_origin(request: &Request) -> Option<RequestOrigin> {
+    let authority = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()))?;
+    let parsed: axum::http::uri::Authority = authority.parse().ok()?;
+    if parsed.as_str().contains('@') {
+        return None;
+    }
+    Some(RequestOrigin(format!("http://{}", parsed.as_str())))
 }
 
 /// A request error never started executing: there is no data and no error has a path.

@@ -1,8 +1,10 @@
-//! HTTP surface: the GraphQL endpoint (and GraphiQL), health checks.
+//! HTTP surface: the GraphQL endpoint (and GraphiQL), provisioning link pages, health checks.
 
 mod graphql;
 mod health;
+mod provision;
 
+use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -36,8 +38,45 @@ pub fn router(state: AppState) -> Router {
                 // reading at the limit when no length is declared.
                 .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES)),
         )
+        // Provisioning links: no admin token, the link's token is the credential.
+        .route(
+            "/provision/{token}",
+            get(provision::show)
+                .post(provision::submit)
+                .layer(DefaultBodyLimit::max(provision::MAX_FORM_BYTES)),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .with_state(http)
+}
+
+/// The span of one request: method and path, with a provisioning link's token (a credential)
+/// replaced and no query string, so request logs never carry one.
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = loggable_path(request.uri().path()),
+        version = ?request.version(),
+    )
+}
+
+fn loggable_path(path: &str) -> &str {
+    if path.starts_with(crate::domain::provisioning::PATH_PREFIX) {
+        "/provision/{token}"
+    } else {
+        path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_tokens_stay_out_of_request_logs() {
+        assert_eq!(loggable_path("/provision/apl_secret"), "/provision/{token}");
+        assert_eq!(loggable_path("/graphql"), "/graphql");
+    }
 }

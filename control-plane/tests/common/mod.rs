@@ -7,7 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use airlock_control_plane::graphql::{build_schema, AppSchema};
+use airlock_control_plane::domain::audit::Actor;
+use airlock_control_plane::graphql::{build_schema, AppSchema, RequestOrigin};
 use airlock_control_plane::publish::{ConfigPublisher, InProcessTransport};
 use airlock_control_plane::state::AppState;
 use airlock_data_plane::SnapshotDelivery;
@@ -30,6 +31,9 @@ pub const TABLES: &[&str] = &[
     "secret_versions",
     "api_keys",
     "admin_tokens",
+    "events",
+    "audit_log",
+    "provisioning_links",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +85,15 @@ impl TestDb {
                     postgres_name: Some(name),
                 }
             }
+        }
+    }
+
+    /// URL of this database, for running the `airlock` binary against it.
+    pub fn url(&self) -> String {
+        match (&self.sqlite_path, &self.postgres_name) {
+            (Some(path), _) => format!("sqlite://{}", path.display()),
+            (None, Some(name)) => format!("postgres://postgres@127.0.0.1:5432/{name}"),
+            (None, None) => unreachable!("a test database is SQLite or PostgreSQL"),
         }
     }
 
@@ -211,7 +224,15 @@ pub struct TestApp {
     pub snapshots: UnboundedReceiver<EnvironmentSnapshot>,
     /// The data planes' key: tests may open what the control plane sealed.
     pub opening_key: OpeningKey,
+    /// The admin token every operation runs as (as the HTTP layer would set it).
+    pub admin_token_id: uuid::Uuid,
 }
+
+/// Base URL `TestApp` operations appear to arrive at (their `Host`).
+pub const TEST_ORIGIN: &str = "http://airlock.test:8080";
+
+/// The host every secret set through [`TestApp::set_secret`] is bound to.
+pub const TEST_HOST: &str = "api.example.com";
 
 impl TestApp {
     pub async fn new(backend: Backend) -> Self {
@@ -235,6 +256,7 @@ impl TestApp {
             db: db.db.clone(),
             sealing_key: opening_key.sealing_key().clone(),
             publisher: ConfigPublisher::new(db.db.clone(), InProcessTransport::new(sender)),
+            public_url: None,
         };
         Self {
             schema: build_schema(state.clone()),
@@ -242,11 +264,22 @@ impl TestApp {
             db,
             snapshots,
             opening_key,
+            // No row: the audit log and link records name the token by id only.
+            admin_token_id: uuid::Uuid::new_v4(),
         }
     }
 
-    /// Execute an operation.
+    /// Execute an operation as the admin token `admin_token_id`, arriving at [`TEST_ORIGIN`].
     pub async fn exec(&self, query: &str, variables: Value) -> async_graphql::Response {
+        let request = async_graphql::Request::new(query)
+            .variables(async_graphql::Variables::from_json(variables))
+            .data(Actor::AdminToken(self.admin_token_id))
+            .data(RequestOrigin(TEST_ORIGIN.to_string()));
+        self.schema.execute(request).await
+    }
+
+    /// Execute an operation without an authenticated actor (what the HTTP layer never does).
+    pub async fn exec_anonymous(&self, query: &str, variables: Value) -> async_graphql::Response {
         let request = async_graphql::Request::new(query)
             .variables(async_graphql::Variables::from_json(variables));
         self.schema.execute(request).await
@@ -312,14 +345,41 @@ impl TestApp {
         data["createFunction"]["id"].as_str().unwrap().to_string()
     }
 
+    /// Set a secret bound to [`TEST_HOST`].
     pub async fn set_secret(&self, environment_id: &str, name: &str, value: &str) -> Value {
         let data = self
             .ok(
-                "mutation($e: ID!, $name: String!, $value: String!) { setSecret(input: {environmentId: $e, name: $name, value: $value}) { id environmentId name version createdAt updatedAt } }",
-                json!({ "e": environment_id, "name": name, "value": value }),
+                "mutation($e: ID!, $name: String!, $value: String!, $hosts: [String!]) { setSecret(input: {environmentId: $e, name: $name, value: $value, allowedHosts: $hosts}) { id environmentId name version allowedHosts createdAt updatedAt } }",
+                json!({ "e": environment_id, "name": name, "value": value, "hosts": [TEST_HOST] }),
             )
             .await;
         data["setSecret"].clone()
+    }
+
+    /// Every audit entry, oldest first, as rows of JSON-able fields.
+    pub async fn audit_rows(&self) -> Vec<Value> {
+        use sea_orm::{EntityTrait, QueryOrder};
+        airlock_control_plane::entity::audit_log::Entity::find()
+            .order_by_asc(airlock_control_plane::entity::audit_log::Column::At)
+            .order_by_asc(airlock_control_plane::entity::audit_log::Column::Id)
+            .all(&self.db.db)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|row| {
+                json!({
+                    "actorType": row.actor_type,
+                    "actorId": row.actor_id.map(|id| id.to_string()),
+                    "action": row.action,
+                    "tenantId": row.tenant_id.map(|id| id.to_string()),
+                    "environmentId": row.environment_id.map(|id| id.to_string()),
+                    "targetType": row.target_type,
+                    "targetId": row.target_id.map(|id| id.to_string()),
+                    "targetName": row.target_name,
+                    "detail": serde_json::from_str::<Value>(&row.detail).unwrap(),
+                })
+            })
+            .collect()
     }
 }
 

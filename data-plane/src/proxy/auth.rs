@@ -23,22 +23,25 @@ pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     well_formed.then_some(token)
 }
 
-/// Find the key, then check it may invoke `function`.
-///
-/// Scope is checked before existence, so a key learns nothing about functions it may not call.
-pub fn authorize(
-    snapshot: &Snapshot,
-    headers: &HeaderMap,
-    function: &str,
-) -> Result<KeyBinding, GatewayError> {
+/// Find the key presented in `headers`.
+pub fn authenticate(snapshot: &Snapshot, headers: &HeaderMap) -> Result<KeyBinding, GatewayError> {
     let token = bearer_token(headers).ok_or(GatewayError::Unauthorized)?;
-    let binding = snapshot
+    snapshot
         .key(&ApiKeyHash::of(token))
-        .ok_or(GatewayError::Unauthorized)?;
-    if !binding.grant().allows(function) {
-        return Err(GatewayError::Forbidden(function.to_string()));
+        .cloned()
+        .ok_or(GatewayError::Unauthorized)
+}
+
+/// Check the key may invoke `function`.
+///
+/// Checked before the function is looked up, so a key learns nothing about functions it may
+/// not call.
+pub fn ensure_granted(binding: &KeyBinding, function: &str) -> Result<(), GatewayError> {
+    if binding.grant().allows(function) {
+        Ok(())
+    } else {
+        Err(GatewayError::Forbidden(function.to_string()))
     }
-    Ok(binding.clone())
 }
 
 #[cfg(test)]

@@ -33,10 +33,16 @@ pub enum GatewayError {
     BadRequest(&'static str),
     #[error(transparent)]
     Render(RenderError),
+    #[error("secret `{0}` cannot be opened by this data plane (sealed to a key it does not hold, or damaged)")]
+    SecretNotOpened(String),
+    #[error("secret `{secret}` may not be sent to host `{host}`")]
+    SecretHostDenied { secret: String, host: String },
     #[error("the upstream could not be reached: {0}")]
     UpstreamUnreachable(String),
     #[error("the upstream did not answer within {timeout_ms} ms")]
     UpstreamTimeout { timeout_ms: u64 },
+    #[error("the upstream's response was refused: {0}")]
+    UpstreamResponseRejected(String),
     #[error("the data plane has not loaded its configuration yet")]
     NotReady,
     #[error("internal error")]
@@ -50,14 +56,15 @@ impl GatewayError {
             Self::NotFound | Self::FunctionNotFound(_) => 404,
             Self::MethodNotAllowed => 405,
             Self::Unauthorized => 401,
-            Self::Forbidden(_) => 403,
+            Self::Forbidden(_) | Self::SecretHostDenied { .. } => 403,
             Self::PayloadTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => 413,
             Self::InvalidJson(_) | Self::BadRequest(_) => 400,
             Self::Render(RenderError::MissingArgument(_) | RenderError::InvalidArgument { .. }) => {
                 400
             }
-            Self::Render(RenderError::MissingSecret(_) | RenderError::UnusableSecret(_)) => 500,
-            Self::UpstreamUnreachable(_) => 502,
+            Self::Render(RenderError::MissingSecret(_) | RenderError::UnusableSecret(_))
+            | Self::SecretNotOpened(_) => 500,
+            Self::UpstreamUnreachable(_) | Self::UpstreamResponseRejected(_) => 502,
             Self::UpstreamTimeout { .. } => 504,
             Self::NotReady => 503,
             Self::Internal => 500,
@@ -77,11 +84,12 @@ impl GatewayError {
             Self::BadRequest(_) => "bad_request",
             Self::Render(RenderError::MissingArgument(_)) => "missing_argument",
             Self::Render(RenderError::InvalidArgument { .. }) => "invalid_argument",
-            Self::Render(RenderError::MissingSecret(_) | RenderError::UnusableSecret(_)) => {
-                "secret_unavailable"
-            }
+            Self::Render(RenderError::MissingSecret(_) | RenderError::UnusableSecret(_))
+            | Self::SecretNotOpened(_) => "secret_unavailable",
+            Self::SecretHostDenied { .. } => "secret_host_denied",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamResponseRejected(_) => "upstream_response_rejected",
             Self::NotReady => "not_ready",
             Self::Internal => "internal_error",
         }
@@ -220,9 +228,27 @@ mod tests {
                 "secret_unavailable",
             ),
             (
+                GatewayError::SecretNotOpened("S".into()),
+                500,
+                "secret_unavailable",
+            ),
+            (
+                GatewayError::SecretHostDenied {
+                    secret: "S".into(),
+                    host: "h".into(),
+                },
+                403,
+                "secret_host_denied",
+            ),
+            (
                 GatewayError::UpstreamUnreachable("x".into()),
                 502,
                 "upstream_unreachable",
+            ),
+            (
+                GatewayError::UpstreamResponseRejected("x".into()),
+                502,
+                "upstream_response_rejected",
             ),
             (
                 GatewayError::UpstreamTimeout { timeout_ms: 5 },
@@ -234,6 +260,18 @@ mod tests {
             assert_eq!(error.status(), status, "{error:?}");
             assert_eq!(error.code(), code, "{error:?}");
         }
+    }
+
+    #[test]
+    fn host_denied_message_names_secret_and_host() {
+        let error = GatewayError::SecretHostDenied {
+            secret: "TOKEN".into(),
+            host: "evil.example".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "secret `TOKEN` may not be sent to host `evil.example`"
+        );
     }
 
     #[test]

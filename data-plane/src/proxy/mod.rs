@@ -1,16 +1,20 @@
 //! The Pingora `ProxyHttp` implementation: the invoke request path.
 //!
 //! Phases, in order:
-//! - `request_filter`: route, authenticate, check scope, read the arguments and render the
-//!   upstream request ([`route`], [`auth`], [`render`]). Every gateway error is answered here.
+//! - `request_filter`: route, authenticate, check scope, read the arguments, render the
+//!   upstream request and check that its secrets may go to its host ([`route`], [`auth`],
+//!   [`render`]). Every gateway error is answered here.
 //! - `upstream_peer`: resolve the function's host and build the pooled peer ([`upstream`]).
 //! - `upstream_request_filter` / `request_body_filter`: replace the whole upstream request,
 //!   head and body, with the rendered one. Nothing from the client goes upstream.
 //! - `upstream_response_filter` / `response_filter`: drop hop-by-hop headers and `set-cookie`,
+//!   redact injected secrets from the headers and prepare the body's redaction ([`redact`]),
 //!   add the request id.
+//! - `response_body_filter`: decode and redact the body as it streams.
 //! - `fail_to_connect` / `error_while_proxy` / `fail_to_proxy`: retry policy and mapping of
 //!   Pingora errors to gateway errors ([`error`]).
-//! - `logging`: one access log line per request.
+//! - `logging`: one access log line per request, and its events ([`report`]), queued without
+//!   waiting ([`crate::events`]).
 //!
 //! ## Sending the rendered body
 //!
@@ -27,7 +31,9 @@
 
 mod auth;
 pub mod error;
+pub(crate) mod redact;
 mod render;
+mod report;
 mod route;
 mod upstream;
 
@@ -45,9 +51,12 @@ use pingora::{Error, ErrorType};
 use uuid::Uuid;
 
 use self::error::{json_response_header, GatewayError, REQUEST_ID_HEADER};
+use self::redact::{BodyRedactor, RequestRedaction};
 use self::render::Invocation;
+use self::report::RequestReport;
 use self::route::Route;
 use self::upstream::Resolver;
+use crate::events::EventEmitter;
 use crate::snapshot::SnapshotStore;
 
 /// Largest accepted invoke body.
@@ -79,15 +88,17 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
 #[derive(Debug)]
 pub(crate) struct GatewayState {
     pub(crate) store: Arc<SnapshotStore>,
+    pub(crate) events: EventEmitter,
     resolver: Resolver,
     in_flight: AtomicUsize,
     draining: AtomicBool,
 }
 
 impl GatewayState {
-    pub(crate) fn new(store: Arc<SnapshotStore>) -> Self {
+    pub(crate) fn new(store: Arc<SnapshotStore>, events: EventEmitter) -> Self {
         Self {
             store,
+            events,
             resolver: Resolver::default(),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -132,15 +143,24 @@ pub struct RequestCtx {
     _in_flight: InFlight,
     function: Option<String>,
     key_id: Option<Uuid>,
+    tenant_id: Option<Uuid>,
     environment_id: Option<Uuid>,
+    /// The function's destination host, once the function is known.
+    upstream_host: Option<String>,
     invocation: Option<Invocation>,
+    /// What to redact from the response, when secrets were injected.
+    redaction: Option<RequestRedaction>,
+    /// The body redactor of the current upstream response.
+    body_redactor: Option<BodyRedactor>,
+    /// Whether the rendered request was handed to an upstream connection.
+    sent_upstream: bool,
     /// When the whole upstream exchange must be over (the function's timeout).
     deadline: Option<Instant>,
     upstream_status: Option<u16>,
     /// A gateway error raised inside a Pingora hook, answered as is by `fail_to_proxy`.
     failure: Option<GatewayError>,
-    /// Code of the gateway error answered, for the access log.
-    error_code: Option<&'static str>,
+    /// The gateway error answered, for the access log and events.
+    error: Option<GatewayError>,
 }
 
 impl RequestCtx {
@@ -192,17 +212,26 @@ impl Gateway {
         ctx.function = Some(function.clone());
 
         let snapshot = self.state.store.load();
-        let binding = auth::authorize(&snapshot, &session.req_header().headers, &function)?;
+        let binding = auth::authenticate(&snapshot, &session.req_header().headers)?;
+        let environment = &binding.environment;
         ctx.key_id = Some(binding.grant().id);
-        ctx.environment_id = Some(binding.environment.environment_id);
-        let compiled = binding
-            .environment
+        ctx.tenant_id = Some(environment.tenant_id);
+        ctx.environment_id = Some(environment.environment_id);
+        auth::ensure_granted(&binding, &function)?;
+        let compiled = environment
             .function(&function)
             .ok_or_else(|| GatewayError::FunctionNotFound(function.clone()))?;
+        ctx.upstream_host = Some(compiled.template.host.clone());
 
         let body = read_invoke_body(session).await?;
         let args = render::parse_arguments(&body)?;
-        let invocation = render::render(compiled, &binding.environment, &args)?;
+        let invocation = render::render(compiled, environment, &args)?;
+        if !invocation.secrets.is_empty() {
+            ctx.redaction = Some(RequestRedaction {
+                index: environment.redaction().clone(),
+                used: environment.secret_set(invocation.secrets.iter().map(String::as_str)),
+            });
+        }
         ctx.deadline = Some(Instant::now() + invocation.timeout);
         ctx.invocation = Some(invocation);
         Ok(false)
@@ -320,7 +349,7 @@ async fn respond_json(session: &mut Session, ctx: &RequestCtx, status: u16, body
 
 /// Write `error` as the response (the one place gateway errors become HTTP).
 async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &GatewayError) {
-    ctx.error_code = Some(error.code());
+    ctx.error = Some(error.clone());
     if session
         .response_written()
         .is_some_and(|response| !response.status.is_informational())
@@ -375,12 +404,17 @@ impl ProxyHttp for Gateway {
             _in_flight: InFlight::new(&self.state),
             function: None,
             key_id: None,
+            tenant_id: None,
             environment_id: None,
+            upstream_host: None,
             invocation: None,
+            redaction: None,
+            body_redactor: None,
+            sent_upstream: false,
             deadline: None,
             upstream_status: None,
             failure: None,
-            error_code: None,
+            error: None,
         }
     }
 
@@ -457,6 +491,7 @@ impl ProxyHttp for Gateway {
             None => {}
         }
         *upstream_request = request;
+        ctx.sent_upstream = true;
         Ok(())
     }
 
@@ -486,6 +521,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
         if upstream_response.status.is_informational() {
+            if let Some(redaction) = &ctx.redaction {
+                // Interim responses (103 Early Hints...) can reach the client too.
+                redact::redact_headers(upstream_response, redaction);
+            }
             return Ok(());
         }
         ctx.upstream_status = Some(upstream_response.status.as_u16());
@@ -507,6 +546,20 @@ impl ProxyHttp for Gateway {
             .chain(nominated.iter().map(String::as_str))
         {
             upstream_response.remove_header(name);
+        }
+        ctx.body_redactor = None;
+        if let Some(redaction) = &ctx.redaction {
+            match redact::redact_response_head(upstream_response, redaction) {
+                Ok(redactor) => ctx.body_redactor = Some(redactor),
+                Err(error) => {
+                    ctx.failure = Some(GatewayError::UpstreamResponseRejected(error.to_string()));
+                    return Err(Error::explain(
+                        ErrorType::InvalidHTTPHeader,
+                        "the upstream response cannot be redacted",
+                    )
+                    .into_up());
+                }
+            }
         }
         Ok(())
     }
@@ -543,6 +596,31 @@ impl ProxyHttp for Gateway {
                 "upstream response exceeded the function timeout",
             )
             .into_up());
+        }
+        Ok(None)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Option<Duration>> {
+        let Some(redactor) = ctx.body_redactor.as_mut() else {
+            return Ok(None);
+        };
+        match redactor.push(body.as_deref(), end_of_stream) {
+            Ok(redacted) => *body = redacted,
+            Err(error) => {
+                // The head is already out: the client sees the body cut short.
+                ctx.failure = Some(GatewayError::UpstreamResponseRejected(error.to_string()));
+                return Err(Error::explain(
+                    ErrorType::ReadError,
+                    "the upstream response body cannot be redacted",
+                )
+                .into_up());
+            }
         }
         Ok(None)
     }
@@ -627,7 +705,28 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session
             .response_written()
-            .map_or(0, |response| response.status.as_u16());
+            .map(|response| response.status.as_u16())
+            .or_else(|| ctx.error.as_ref().map(GatewayError::status))
+            .unwrap_or(0);
+        let no_secrets: &[String] = &[];
+        let report = RequestReport {
+            request_id: &ctx.request_id,
+            tenant_id: ctx.tenant_id,
+            environment_id: ctx.environment_id,
+            function: ctx.function.as_deref(),
+            api_key_id: ctx.key_id,
+            upstream_host: ctx.upstream_host.as_deref(),
+            secrets_sent: match &ctx.invocation {
+                Some(invocation) if ctx.sent_upstream => &invocation.secrets,
+                _ => no_secrets,
+            },
+            upstream_status: ctx.upstream_status,
+            error: ctx.error.as_ref(),
+            status,
+        };
+        for event in report.events() {
+            self.state.events.emit(event);
+        }
         let request = session.req_header();
         let duration_ms = u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(
@@ -640,7 +739,7 @@ impl ProxyHttp for Gateway {
             environment_id = ctx.environment_id.map(tracing::field::display),
             status,
             upstream_status = ctx.upstream_status,
-            error = ctx.error_code,
+            error = ctx.error.as_ref().map(GatewayError::code),
             proxy_error = e.map(|e| e.etype().as_str()),
             duration_ms,
             "request"

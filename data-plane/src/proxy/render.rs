@@ -1,13 +1,19 @@
-//! Turning invoke arguments into the upstream request.
+//! Turning invoke arguments into the upstream request, and checking where its secrets go.
+//!
+//! Host binding (security invariant 3): every secret injected into the rendered request, from
+//! a template or from a `{"$secret": NAME}` argument, must be bound to the request's
+//! destination host. Otherwise the invocation is refused before anything is sent.
 
 use std::time::Duration;
 
-use airlock_shared::template::Scheme;
+use airlock_shared::hosts::is_allowed;
+use airlock_shared::template::{RenderError, Scheme};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 use serde_json::{Map, Value};
 
 use super::error::GatewayError;
+use super::redact::decodable_accept_encoding;
 use crate::snapshot::{CompiledEnvironment, CompiledFunction};
 
 /// The request to send upstream, fully rendered. Header values and the body may hold secret
@@ -23,6 +29,8 @@ pub struct Invocation {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub body: Option<Bytes>,
     pub timeout: Duration,
+    /// Names of the secrets injected, once each.
+    pub secrets: Vec<String>,
 }
 
 impl std::fmt::Debug for Invocation {
@@ -37,6 +45,7 @@ impl std::fmt::Debug for Invocation {
                 &self.headers.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("body_len", &self.body.as_ref().map(Bytes::len))
+            .field("secrets", &self.secrets)
             .finish_non_exhaustive()
     }
 }
@@ -55,7 +64,8 @@ pub fn parse_arguments(body: &[u8]) -> Result<Map<String, Value>, GatewayError> 
 }
 
 /// Render `function` with `args` and the environment's secrets. A missing secret fails the
-/// invocation: a request is never sent without one.
+/// invocation: a request is never sent without one. So does a secret not bound to the
+/// function's host.
 pub fn render(
     function: &CompiledFunction,
     environment: &CompiledEnvironment,
@@ -64,7 +74,21 @@ pub fn render(
     let rendered = function
         .template
         .render(args, |name| environment.secret(name))
-        .map_err(GatewayError::Render)?;
+        .map_err(|error| match error {
+            RenderError::MissingSecret(name) if environment.is_unopened(&name) => {
+                GatewayError::SecretNotOpened(name)
+            }
+            error => GatewayError::Render(error),
+        })?;
+    for name in &rendered.secrets_used {
+        let allowed = environment.secret_allowed_hosts(name).unwrap_or_default();
+        if !is_allowed(allowed, &rendered.host) {
+            return Err(GatewayError::SecretHostDenied {
+                secret: name.clone(),
+                host: rendered.host.clone(),
+            });
+        }
+    }
 
     // The template already refused control characters; these conversions only fail on a
     // template/http disagreement, which is a bug, not the caller's fault.
@@ -75,10 +99,18 @@ pub fn render(
     let method = Method::from_bytes(rendered.method.as_bytes()).map_err(|_| internal("method"))?;
     let authority =
         HeaderValue::from_str(&rendered.authority).map_err(|_| internal("authority"))?;
+    let redacting = !rendered.secrets_used.is_empty();
     let mut headers = Vec::with_capacity(rendered.headers.len());
     for (name, value) in rendered.headers {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| internal("header name"))?;
-        let mut value = HeaderValue::from_str(&value).map_err(|_| internal("header value"))?;
+        let mut value = if redacting && name == http::header::ACCEPT_ENCODING {
+            // The response must be redacted, so it may only come in a coding that can be
+            // decoded (see `redact`).
+            HeaderValue::from_str(&decodable_accept_encoding(&value))
+        } else {
+            HeaderValue::from_str(&value)
+        }
+        .map_err(|_| internal("header value"))?;
         value.set_sensitive(true);
         headers.push((name, value));
     }
@@ -92,12 +124,227 @@ pub fn render(
         headers,
         body: rendered.body.map(Bytes::from),
         timeout: Duration::from_millis(function.template.timeout_ms.max(1)),
+        secrets: rendered.secrets_used,
     })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use airlock_shared::hosts::HostPattern;
+    use airlock_shared::seal::{OpeningKey, SecretIdentity};
+    use airlock_shared::wire::{EnvironmentSnapshot, FunctionSpec, HeaderSpec, SecretEntry};
+    use serde_json::json;
+    use uuid::Uuid;
+
     use super::*;
+
+    const TENANT: Uuid = Uuid::from_u128(1);
+    const ENV: Uuid = Uuid::from_u128(2);
+
+    type SecretDef<'a> = (&'a str, &'a str, &'a [&'a str]);
+    type FunctionDef<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+    /// A snapshot with `secrets` (name, value, bound hosts) sealed to `key`, and `functions`
+    /// (name, URL, headers).
+    fn snapshot(
+        key: &OpeningKey,
+        secrets: &[SecretDef<'_>],
+        functions: &[FunctionDef<'_>],
+    ) -> EnvironmentSnapshot {
+        let mut snapshot = EnvironmentSnapshot {
+            tenant_id: TENANT,
+            environment_id: ENV,
+            revision: 1,
+            functions: BTreeMap::new(),
+            secrets: BTreeMap::new(),
+            api_keys: vec![],
+        };
+        for (name, value, hosts) in secrets {
+            let identity = SecretIdentity {
+                tenant_id: TENANT,
+                environment_id: ENV,
+                name,
+                version: 1,
+            };
+            snapshot.secrets.insert(
+                name.to_string(),
+                SecretEntry {
+                    sealed: key.sealing_key().seal(identity, value).unwrap(),
+                    allowed_hosts: hosts
+                        .iter()
+                        .map(|h| HostPattern::parse(h).unwrap())
+                        .collect(),
+                },
+            );
+        }
+        for (name, url, headers) in functions {
+            snapshot.functions.insert(
+                name.to_string(),
+                FunctionSpec {
+                    id: Uuid::new_v4(),
+                    name: name.to_string(),
+                    method: "GET".into(),
+                    url: url.to_string(),
+                    headers: headers
+                        .iter()
+                        .map(|(n, v)| HeaderSpec {
+                            name: n.to_string(),
+                            value: v.to_string(),
+                        })
+                        .collect(),
+                    body: None,
+                    timeout_ms: 1000,
+                },
+            );
+        }
+        snapshot
+    }
+
+    fn environment(
+        secrets: &[SecretDef<'_>],
+        functions: &[FunctionDef<'_>],
+    ) -> CompiledEnvironment {
+        let key = OpeningKey::generate();
+        CompiledEnvironment::compile(snapshot(&key, secrets, functions), &key.into())
+    }
+
+    fn invoke(
+        env: &CompiledEnvironment,
+        function: &str,
+        args: Value,
+    ) -> Result<Invocation, GatewayError> {
+        render(
+            env.function(function).unwrap(),
+            env,
+            args.as_object().unwrap(),
+        )
+    }
+
+    #[test]
+    fn secrets_only_go_to_their_bound_hosts() {
+        let env = environment(
+            &[
+                ("TOKEN", "token-value", &["api.example.com"]),
+                ("WILD", "wild-value", &["*.example.com"]),
+                ("NOWHERE", "nowhere-value", &[]),
+            ],
+            &[
+                (
+                    "bound",
+                    "https://API.example.com/x",
+                    &[("authorization", "{{secrets.TOKEN}}")],
+                ),
+                (
+                    "elsewhere",
+                    "https://evil.example.net/x",
+                    &[("authorization", "{{secrets.TOKEN}}")],
+                ),
+                (
+                    "wild",
+                    "https://eu.example.com/x",
+                    &[("authorization", "{{secrets.WILD}}")],
+                ),
+                (
+                    "wild_too_deep",
+                    "https://a.eu.example.com/x",
+                    &[("authorization", "{{secrets.WILD}}")],
+                ),
+                (
+                    "nowhere",
+                    "https://api.example.com/x",
+                    &[("authorization", "{{secrets.NOWHERE}}")],
+                ),
+                (
+                    "passthrough",
+                    "https://evil.example.net/x",
+                    &[("x-value", "{{args.v}}")],
+                ),
+            ],
+        );
+        let ok = invoke(&env, "bound", json!({})).unwrap();
+        assert_eq!(ok.secrets, ["TOKEN"]);
+        assert_eq!(invoke(&env, "wild", json!({})).unwrap().secrets, ["WILD"]);
+
+        let denied = |function: &str, args: Value| match invoke(&env, function, args) {
+            Err(GatewayError::SecretHostDenied { secret, host }) => (secret, host),
+            other => panic!("{function}: expected a host denial, got {other:?}"),
+        };
+        assert_eq!(
+            denied("elsewhere", json!({})),
+            ("TOKEN".to_string(), "evil.example.net".to_string())
+        );
+        assert_eq!(denied("wild_too_deep", json!({})).0, "WILD");
+        assert_eq!(denied("nowhere", json!({})).0, "NOWHERE");
+        // A reference passed by the client is held to the same rule.
+        assert_eq!(
+            denied("passthrough", json!({"v": {"$secret": "TOKEN"}})),
+            ("TOKEN".to_string(), "evil.example.net".to_string())
+        );
+        // Plain arguments are not secrets.
+        assert!(invoke(&env, "passthrough", json!({"v": "TOKEN"}))
+            .unwrap()
+            .secrets
+            .is_empty());
+    }
+
+    #[test]
+    fn a_secret_that_did_not_open_is_reported_as_such() {
+        let foreign = OpeningKey::generate();
+        let snapshot = snapshot(
+            &foreign,
+            &[("TOKEN", "token-value", &["h.example.com"])],
+            &[(
+                "f",
+                "https://h.example.com/",
+                &[("authorization", "{{secrets.TOKEN}}")],
+            )],
+        );
+        let env = CompiledEnvironment::compile(snapshot, &OpeningKey::generate().into());
+        assert!(env.is_unopened("TOKEN"));
+        let error = invoke(&env, "f", json!({})).unwrap_err();
+        assert_eq!(error, GatewayError::SecretNotOpened("TOKEN".into()));
+        assert_eq!((error.status(), error.code()), (500, "secret_unavailable"));
+    }
+
+    #[test]
+    fn accept_encoding_is_narrowed_only_when_secrets_are_injected() {
+        let env = environment(
+            &[("TOKEN", "token-value", &["h.example.com"])],
+            &[
+                (
+                    "with_secret",
+                    "https://h.example.com/",
+                    &[
+                        ("authorization", "{{secrets.TOKEN}}"),
+                        ("accept-encoding", "br, gzip"),
+                    ],
+                ),
+                (
+                    "without",
+                    "https://h.example.com/",
+                    &[("accept-encoding", "br, gzip")],
+                ),
+            ],
+        );
+        let header = |invocation: Invocation| {
+            invocation
+                .headers
+                .iter()
+                .find(|(n, _)| n == http::header::ACCEPT_ENCODING)
+                .map(|(_, v)| v.to_str().unwrap().to_string())
+                .unwrap()
+        };
+        assert_eq!(
+            header(invoke(&env, "with_secret", json!({})).unwrap()),
+            "gzip"
+        );
+        assert_eq!(
+            header(invoke(&env, "without", json!({})).unwrap()),
+            "br, gzip"
+        );
+    }
 
     #[test]
     fn arguments_must_be_an_object() {

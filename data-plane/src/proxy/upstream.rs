@@ -106,6 +106,7 @@ mod tests {
             headers: vec![],
             body: None,
             timeout: Duration::from_secs(1),
+            secrets: vec![],
         }
     }
 

@@ -6,13 +6,20 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use airlock_data_plane::{ConfigSource, DataPlaneConfig, DataPlaneHandle, SnapshotDelivery};
+use futures::StreamExt as _;
+
+use airlock_data_plane::{
+    ConfigSource, DataPlaneConfig, DataPlaneHandle, EventSink, SnapshotDelivery,
+};
 use airlock_shared::api_key::ApiKeyHash;
-use airlock_shared::seal::{OpeningKey, SecretIdentity};
+use airlock_shared::events::GatewayEvent;
+use airlock_shared::hosts::HostPattern;
+use airlock_shared::seal::{OpeningKey, OpeningKeyring, SecretIdentity};
 use airlock_shared::wire::{ApiKeyGrant, EnvironmentSnapshot, FunctionSpec, HeaderSpec};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
-use tokio::sync::mpsc::UnboundedSender;
+use base64::Engine as _;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use uuid::Uuid;
 
 /// A port nobody listens on right now.
@@ -51,9 +58,10 @@ impl Recorded {
 /// - `/sleep/{ms}...`: answers after `ms` milliseconds;
 /// - `/status/{code}...`: answers with that status;
 /// - `/trickle/{n}`: answers at once, then sends `n` body chunks 100 ms apart;
+/// - `/reflect/{form}`: echoes the request's `x-reflect` header back, see [`reflect`];
 /// - anything else: 200.
 ///
-/// Every answer is JSON and carries `set-cookie`, `keep-alive` and `x-upstream` headers.
+/// Every other answer is JSON and carries `set-cookie`, `keep-alive` and `x-upstream` headers.
 pub struct Upstream {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
@@ -214,6 +222,14 @@ async fn record(State(requests): State<Arc<Mutex<Vec<Recorded>>>>, request: Requ
     let mut segments = parts.uri.path().split('/').skip(1);
     let mut status = 200;
     match (segments.next(), segments.next()) {
+        (Some("reflect"), Some(form)) => {
+            let value = parts
+                .headers
+                .get("x-reflect")
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            return reflect(form, &value);
+        }
         (Some("trickle"), Some(chunks)) => {
             // `chunks` pieces of body, 100 ms apart, after an immediate response head.
             let chunks: u32 = chunks.parse().unwrap();
@@ -243,6 +259,124 @@ async fn record(State(requests): State<Arc<Mutex<Vec<Recorded>>>>, request: Requ
         format!(r#"{{"upstream":"ok","target":{target:?}}}"#),
     )
         .into_response()
+}
+
+/// Echo `value` (what the upstream received in `x-reflect`) in the way `form` names:
+/// - `header`: in response headers, as is and base64-encoded;
+/// - `json`: JSON-escaped in a JSON body;
+/// - `base64`: base64 (standard, URL-safe) and inside `Basic base64(user:value)`;
+/// - `urlencoded`: percent-encoded as a URL component and form-encoded;
+/// - `chunked`: as is, split across two body chunks sent 50 ms apart;
+/// - `gzip`: in a gzip-compressed JSON body (`content-length` set);
+/// - `gzip-chunked`: in a gzip-compressed body sent in small chunks;
+/// - `deflate`: in a zlib-compressed body;
+/// - `br`: a body claiming `content-encoding: br`.
+pub fn reflect(form: &str, value: &str) -> Response {
+    use axum::http::header::{CONTENT_ENCODING, CONTENT_TYPE};
+    use std::io::Write as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let json_body = serde_json::json!({ "echo": value }).to_string();
+    let gzip = |data: &[u8]| {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    };
+    match form {
+        "header" => (
+            [
+                ("x-echo", value.to_string()),
+                ("x-echo-b64", b64.encode(value)),
+                ("content-type", "application/json".to_string()),
+            ],
+            r#"{"ok":true}"#,
+        )
+            .into_response(),
+        "json" => ([(CONTENT_TYPE, "application/json")], json_body).into_response(),
+        "base64" => (
+            [(CONTENT_TYPE, "application/json")],
+            serde_json::json!({
+                "standard": b64.encode(value),
+                "url_safe": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(value),
+                "basic": format!("Basic {}", b64.encode(format!("user:{value}"))),
+            })
+            .to_string(),
+        )
+            .into_response(),
+        "urlencoded" => {
+            const COMPONENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+                .remove(b'-')
+                .remove(b'.')
+                .remove(b'_')
+                .remove(b'~');
+            const FORM: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+                .remove(b'*')
+                .remove(b'-')
+                .remove(b'.')
+                .remove(b'_');
+            let component = percent_encoding::utf8_percent_encode(value, COMPONENT).to_string();
+            let form = percent_encoding::utf8_percent_encode(value, FORM)
+                .to_string()
+                .replace("%20", "+");
+            (
+                [(CONTENT_TYPE, "application/x-www-form-urlencoded")],
+                format!("next=/cb%3Ftoken%3D{component}&token={form}"),
+            )
+                .into_response()
+        }
+        "chunked" => {
+            let half = value.len() / 2;
+            let pieces = vec![
+                format!("{{\"start\":\"{}", &value[..half]),
+                format!("{}\",\"end\":true}}", &value[half..]),
+            ];
+            let stream = futures::stream::iter(pieces).then(|piece| async move {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, std::io::Error>(piece)
+            });
+            Response::new(axum::body::Body::from_stream(stream))
+        }
+        "gzip" => (
+            [
+                (CONTENT_TYPE, "application/json"),
+                (CONTENT_ENCODING, "gzip"),
+            ],
+            gzip(json_body.as_bytes()),
+        )
+            .into_response(),
+        "gzip-chunked" => {
+            let padded = format!("{}{json_body}{}", " ".repeat(3000), " ".repeat(3000));
+            let compressed = gzip(padded.as_bytes());
+            let pieces: Vec<Vec<u8>> = compressed.chunks(7).map(<[u8]>::to_vec).collect();
+            let stream = futures::stream::iter(pieces).then(|piece| async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                Ok::<_, std::io::Error>(piece)
+            });
+            let mut response = Response::new(axum::body::Body::from_stream(stream));
+            response
+                .headers_mut()
+                .insert(CONTENT_ENCODING, "gzip".parse().unwrap());
+            response
+        }
+        "deflate" => {
+            let mut encoder =
+                flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+            encoder.write_all(json_body.as_bytes()).unwrap();
+            (
+                [
+                    (CONTENT_TYPE, "application/json"),
+                    (CONTENT_ENCODING, "deflate"),
+                ],
+                encoder.finish().unwrap(),
+            )
+                .into_response()
+        }
+        "br" => (
+            [(CONTENT_TYPE, "application/json"), (CONTENT_ENCODING, "br")],
+            json_body,
+        )
+            .into_response(),
+        _ => axum::http::StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 pub const TENANT: Uuid = Uuid::from_u128(0xa1);
@@ -296,7 +430,19 @@ impl SnapshotBuilder {
         self
     }
 
-    pub fn secret(mut self, key: &OpeningKey, name: &str, value: &str) -> Self {
+    /// A secret sealed to `key`, bound to the local test upstreams (`127.0.0.1`).
+    pub fn secret(self, key: &OpeningKey, name: &str, value: &str) -> Self {
+        self.secret_bound(key, name, value, &["127.0.0.1"])
+    }
+
+    /// A secret sealed to `key`, bound to `hosts`.
+    pub fn secret_bound(
+        mut self,
+        key: &OpeningKey,
+        name: &str,
+        value: &str,
+        hosts: &[&str],
+    ) -> Self {
         let identity = SecretIdentity {
             tenant_id: self.snapshot.tenant_id,
             environment_id: self.snapshot.environment_id,
@@ -304,8 +450,10 @@ impl SnapshotBuilder {
             version: 1,
         };
         let sealed = key.sealing_key().seal(identity, value).unwrap();
-        // Bound to the local test upstreams.
-        let allowed_hosts = vec![airlock_shared::hosts::HostPattern::parse("127.0.0.1").unwrap()];
+        let allowed_hosts = hosts
+            .iter()
+            .map(|host| HostPattern::parse(host).unwrap())
+            .collect();
         self.snapshot.secrets.insert(
             name.into(),
             airlock_shared::wire::SecretEntry {
@@ -331,6 +479,16 @@ impl SnapshotBuilder {
     }
 }
 
+/// The id of the API key named `key {api_key}` in `snapshot` (see [`SnapshotBuilder::key`]).
+pub fn key_id(snapshot: &EnvironmentSnapshot, api_key: &str) -> Uuid {
+    snapshot
+        .api_keys
+        .iter()
+        .find(|grant| grant.name == format!("key {api_key}"))
+        .expect("key in snapshot")
+        .id
+}
+
 /// A data plane fed in-process, on a free port.
 pub struct TestPlane {
     pub handle: Option<DataPlaneHandle>,
@@ -350,11 +508,42 @@ impl TestPlane {
         initial: Vec<EnvironmentSnapshot>,
         upstream_ca_file: Option<std::path::PathBuf>,
     ) -> Self {
+        Self::start_full(
+            key.clone().into(),
+            initial,
+            upstream_ca_file,
+            EventSink::Disabled,
+        )
+        .await
+    }
+
+    /// Start with events sent in-process; returns the receiving end too.
+    pub async fn start_with_events(
+        keys: OpeningKeyring,
+        initial: Vec<EnvironmentSnapshot>,
+    ) -> (Self, EventReceiver) {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        let plane = Self::start_full(keys, initial, None, EventSink::InProcess(sender)).await;
+        (plane, EventReceiver(receiver))
+    }
+
+    pub async fn start_full(
+        keys: OpeningKeyring,
+        initial: Vec<EnvironmentSnapshot>,
+        upstream_ca_file: Option<std::path::PathBuf>,
+        events: EventSink,
+    ) -> Self {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         for snapshot in initial {
             sender.send(snapshot.into()).unwrap();
         }
-        let handle = start_plane(key, ConfigSource::InProcess(receiver), upstream_ca_file).await;
+        let handle = start_plane(
+            keys,
+            ConfigSource::InProcess(receiver),
+            upstream_ca_file,
+            events,
+        )
+        .await;
         let plane = Self {
             base: format!("http://{}", handle.listen_addr()),
             handle: Some(handle),
@@ -407,18 +596,63 @@ impl TestPlane {
     }
 }
 
-/// Spawn a data plane on a free port (retrying if another test grabbed the port first).
+/// The receiving end of an in-process event sink.
+pub struct EventReceiver(pub UnboundedReceiver<GatewayEvent>);
+
+impl EventReceiver {
+    /// The next event, waiting up to 5 s.
+    pub async fn next(&mut self) -> GatewayEvent {
+        tokio::time::timeout(Duration::from_secs(5), self.0.recv())
+            .await
+            .expect("an event within 5 s")
+            .expect("event channel open")
+    }
+
+    /// The events of request `request_id`, once `count` of them have arrived (events of other
+    /// requests are skipped).
+    pub async fn for_request(&mut self, request_id: &str, count: usize) -> Vec<GatewayEvent> {
+        let mut found = Vec::new();
+        while found.len() < count {
+            let event = self.next().await;
+            if event.request_id == request_id {
+                found.push(event);
+            }
+        }
+        found
+    }
+
+    /// Whatever arrived so far, without waiting.
+    pub fn drain(&mut self) -> Vec<GatewayEvent> {
+        let mut events = Vec::new();
+        while let Ok(event) = self.0.try_recv() {
+            events.push(event);
+        }
+        events
+    }
+}
+
+/// The request id a response carries.
+pub fn request_id(response: &reqwest::Response) -> String {
+    response.headers()["x-airlock-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Spawn a data plane on a free port.
 pub async fn start_plane(
-    key: &OpeningKey,
+    keys: impl Into<OpeningKeyring>,
     source: ConfigSource,
     upstream_ca_file: Option<std::path::PathBuf>,
+    events: EventSink,
 ) -> DataPlaneHandle {
-    let key = key.clone();
+    let keys = keys.into();
     tokio::task::spawn_blocking(move || {
         airlock_data_plane::spawn(DataPlaneConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            opening_key: key,
+            opening_keys: keys,
             source,
+            events,
             threads: 2,
             upstream_ca_file,
         })
@@ -465,5 +699,57 @@ where
             "condition not met within {within:?}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A TCP relay to Redis that can drop every connection and refuse new ones, to simulate an
+/// outage without touching the shared Redis.
+pub struct FlakyRedis {
+    port: u16,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl FlakyRedis {
+    pub async fn start() -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (up2, connections2) = (up.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut client, _) = listener.accept().await.unwrap();
+                if !up2.load(Ordering::SeqCst) {
+                    continue; // dropped: connection closed
+                }
+                let task = tokio::spawn(async move {
+                    let mut server = tokio::net::TcpStream::connect("127.0.0.1:6379")
+                        .await
+                        .unwrap();
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                connections2.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            port,
+            up,
+            connections,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, std::sync::atomic::Ordering::SeqCst);
+        if !up {
+            for connection in self.connections.lock().unwrap().drain(..) {
+                connection.abort();
+            }
+        }
     }
 }

@@ -1,0 +1,1203 @@
+//! Redaction: no injected secret value reaches the client through the upstream's response.
+//!
+//! An upstream can echo what it received (debug endpoints, error messages quoting the request,
+//! `httpbin`-style mirrors). Before a response goes back to the client, every secret that was
+//! injected into its request is replaced by [`REDACTED`] in the response headers and body, in
+//! each form it plausibly takes there:
+//!
+//! - the value itself;
+//! - base64, standard and URL-safe alphabets, padded and unpadded; plus the characters that
+//!   stay the same whatever precedes or follows the value, at each of the three byte
+//!   alignments, so the value is also found inside a longer base64 text (`Basic
+//!   base64(user:value)`, a JWT payload...);
+//! - percent-encoded: as the template encodes URL components (RFC 3986 unreserved kept),
+//!   form-encoded (`+` for space), as `encodeURIComponent` does, and with `+` for space in
+//!   component encoding;
+//! - JSON-escaped: minimally (as the template and serde do), ASCII-only (`\u00e9`, as Python
+//!   does), HTML-safe (`\u003c`, as Go does) and with `\/` (as PHP does).
+//!
+//! Matching ignores ASCII case, so a value upper-cased by the upstream, or percent-encoded
+//! with lower-case hex, is caught as well. Overlapping occurrences are merged and replaced by
+//! a single marker.
+//!
+//! The forms of every secret of an environment are computed once per snapshot and go into one
+//! Aho-Corasick automaton ([`RedactionIndex`]); each pattern remembers which secret it belongs
+//! to, and a request only redacts the secrets it injected ([`SecretSet`]). Searching is
+//! overlapping, so a long form of a secret that was not injected cannot hide a form of one
+//! that was.
+//!
+//! ## Bodies
+//!
+//! Bodies are redacted as they stream ([`StreamRedactor`]): the last `longest form - 1` bytes
+//! of each chunk are held back until the next chunk arrives, so a value split across chunks is
+//! still found, and the output is the same for every way the body is cut into chunks. The
+//! body may change length, so `content-length` is dropped and the client gets it chunked.
+//! Bodies with `content-encoding: gzip` (or `x-gzip`) or `deflate` (zlib or raw) are
+//! decompressed, redacted and sent **decoded**, without `content-encoding`: re-compressing
+//! would cost CPU on the gateway to save bandwidth only on the last hop. Other encodings
+//! (`br`, `zstd`...) cannot be inspected, so such a response is refused (fail closed); the
+//! upstream request's `accept-encoding` is narrowed to what can be decoded so that a
+//! well-behaved upstream never sends one.
+//!
+//! ## Short values
+//!
+//! Values shorter than [`MIN_SEARCH_LEN`] bytes are not searched for inside bodies or header
+//! values: redacting every `a` or `42` would destroy responses, and so short a value is no
+//! real secret. A response header whose whole value is such a short value is still redacted.
+//! Longer values are searched for everywhere (so a value like `test` also changes unrelated
+//! text that contains it). Header names cannot hold the marker, so a header whose name holds a
+//! form of a secret is dropped, but only for forms of at least 8 bytes: dropping
+//! `content-type` because a secret is `type` would break the response.
+//!
+//! ## Limits
+//!
+//! Forms not listed above (hex, other compressions, a value re-encoded twice, or transformed
+//! beyond ASCII case) are not recognised. Trailers are not forwarded at all. The headers of a
+//! redacted response lose `content-length` and `accept-ranges`, and a strong `etag` is
+//! weakened; a `206` response's `content-range` is left as the upstream sent it. The
+//! automaton's memory holds the forms and is not zeroized when a snapshot is replaced (secret
+//! values themselves are).
+
+use std::io::Write as _;
+use std::sync::Arc;
+
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderName, HeaderValue};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use pingora::http::ResponseHeader;
+use zeroize::Zeroizing;
+
+/// What replaces every occurrence of a secret.
+pub const REDACTED: &[u8] = b"[REDACTED]";
+
+/// Shortest value searched for inside bodies and header values.
+pub const MIN_SEARCH_LEN: usize = 4;
+
+/// Shortest base64 fragment (a value inside a longer base64 text) searched for: shorter
+/// fragments would match random base64 too often.
+const MIN_FRAGMENT_LEN: usize = 8;
+
+/// RFC 3986 unreserved characters kept: how the template encodes URL components.
+const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `application/x-www-form-urlencoded` (WHATWG): `*-._` kept, space becomes `+`.
+const FORM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'*')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_');
+
+/// JavaScript's `encodeURIComponent`.
+const URI_COMPONENT_JS: &AsciiSet = &COMPONENT
+    .remove(b'!')
+    .remove(b'*')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')');
+
+/// Every form in which `value` is searched for (see the module docs), without duplicates.
+/// Empty when the value is shorter than [`MIN_SEARCH_LEN`].
+pub fn encoded_forms(value: &str) -> Vec<Zeroizing<Vec<u8>>> {
+    let bytes = value.as_bytes();
+    if bytes.len() < MIN_SEARCH_LEN {
+        return Vec::new();
+    }
+    let mut forms: Vec<Zeroizing<Vec<u8>>> = Vec::with_capacity(24);
+    let mut add = |form: Zeroizing<String>| {
+        let form = Zeroizing::new(form.as_bytes().to_vec());
+        if !forms.iter().any(|known| known.eq_ignore_ascii_case(&form)) {
+            forms.push(form);
+        }
+    };
+
+    add(Zeroizing::new(value.to_string()));
+
+    for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+        add(Zeroizing::new(engine.encode(bytes)));
+    }
+    for offset in 0..3 {
+        if let Some(fragment) = base64_fragment(bytes, offset) {
+            let url_safe = Zeroizing::new(fragment.replace('+', "-").replace('/', "_"));
+            add(fragment);
+            add(url_safe);
+        }
+    }
+
+    let component = Zeroizing::new(utf8_percent_encode(value, COMPONENT).to_string());
+    add(Zeroizing::new(component.replace("%20", "+")));
+    add(component);
+    add(Zeroizing::new(
+        utf8_percent_encode(value, FORM)
+            .to_string()
+            .replace("%20", "+"),
+    ));
+    add(Zeroizing::new(
+        utf8_percent_encode(value, URI_COMPONENT_JS).to_string(),
+    ));
+
+    for ascii_only in [false, true] {
+        for html_safe in [false, true] {
+            for escape_slash in [false, true] {
+                add(json_escape(value, ascii_only, html_safe, escape_slash));
+            }
+        }
+    }
+    forms
+}
+
+/// The base64 characters that encode only bits of `value` when it starts `offset` bytes
+/// (mod 3) into a longer base64-encoded text: they are the same whatever comes before or
+/// after it.
+fn base64_fragment(value: &[u8], offset: usize) -> Option<Zeroizing<String>> {
+    let mut shifted = Zeroizing::new(vec![0u8; offset]);
+    shifted.extend_from_slice(value);
+    let encoded = Zeroizing::new(STANDARD_NO_PAD.encode(&*shifted));
+    // Character i covers bits [6i, 6i + 6); the value covers bits [8 offset, 8 (offset + len)).
+    let first = (8 * offset).div_ceil(6);
+    let end = 8 * (offset + value.len()) / 6;
+    (end >= first + MIN_FRAGMENT_LEN).then(|| Zeroizing::new(encoded[first..end].to_string()))
+}
+
+/// `value` as it appears inside a JSON string literal, escaped in one of the common styles.
+fn json_escape(
+    value: &str,
+    ascii_only: bool,
+    html_safe: bool,
+    escape_slash: bool,
+) -> Zeroizing<String> {
+    use std::fmt::Write as _;
+    let mut out = Zeroizing::new(String::with_capacity(value.len() + 8));
+    for c in value.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '/' if escape_slash => out.push_str("\\/"),
+            '<' | '>' | '&' | '\u{2028}' | '\u{2029}' if html_safe => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c if (c as u32) < 0x20 || (ascii_only && !c.is_ascii()) => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{unit:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Why a [`RedactionIndex`] could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the redaction automaton: {0}")]
+pub struct IndexError(#[from] aho_corasick::BuildError);
+
+/// The forms of every secret of one environment, compiled once per snapshot.
+pub struct RedactionIndex {
+    /// All forms of all searchable secrets; `None` when there are none.
+    matcher: Option<AhoCorasick>,
+    /// Secret index of each pattern, by pattern id.
+    owners: Vec<usize>,
+    /// Length of the longest form: how much of a chunk must be held back.
+    longest: usize,
+    /// Values too short to search for, by secret index: only whole header values are compared.
+    short_values: Vec<(usize, Zeroizing<Vec<u8>>)>,
+}
+
+impl std::fmt::Debug for RedactionIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedactionIndex")
+            .field("patterns", &self.owners.len())
+            .field("longest", &self.longest)
+            .field("short_values", &self.short_values.len())
+            .finish()
+    }
+}
+
+impl RedactionIndex {
+    /// Compile the forms of `secrets`, given as (secret index, value).
+    pub fn build<'v>(
+        secrets: impl IntoIterator<Item = (usize, &'v str)>,
+    ) -> Result<Self, IndexError> {
+        let mut patterns: Vec<Zeroizing<Vec<u8>>> = Vec::new();
+        let mut owners = Vec::new();
+        let mut short_values = Vec::new();
+        for (index, value) in secrets {
+            if value.is_empty() {
+                continue;
+            }
+            if value.len() < MIN_SEARCH_LEN {
+                short_values.push((index, Zeroizing::new(value.as_bytes().to_vec())));
+                continue;
+            }
+            for form in encoded_forms(value) {
+                owners.push(index);
+                patterns.push(form);
+            }
+        }
+        let longest = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
+        let matcher = if patterns.is_empty() {
+            None
+        } else {
+            Some(
+                AhoCorasick::builder()
+                    // Overlapping search needs standard semantics; see `spans`.
+                    .match_kind(MatchKind::Standard)
+                    .ascii_case_insensitive(true)
+                    .build(patterns.iter().map(|p| p.as_slice()))?,
+            )
+        };
+        Ok(Self {
+            matcher,
+            owners,
+            longest,
+            short_values,
+        })
+    }
+
+    /// An index that redacts nothing.
+    pub fn empty() -> Self {
+        Self {
+            matcher: None,
+            owners: Vec::new(),
+            longest: 0,
+            short_values: Vec::new(),
+        }
+    }
+
+    /// Occurrences in `haystack` of the forms of the secrets in `used`, sorted, overlapping
+    /// ones merged.
+    fn spans(&self, used: &SecretSet, haystack: &[u8], spans: &mut Vec<(usize, usize)>) {
+        spans.clear();
+        let Some(matcher) = &self.matcher else {
+            return;
+        };
+        // Overlapping search: a leftmost-longest search could report a form of a secret that
+        // is not in `used` and skip a form of one that is, overlapping it.
+        for found in matcher.find_overlapping_iter(haystack) {
+            if used.contains(self.owners[found.pattern().as_usize()]) {
+                spans.push((found.start(), found.end()));
+            }
+        }
+        if spans.len() > 1 {
+            spans.sort_unstable();
+            let mut merged = 0;
+            for i in 1..spans.len() {
+                let (start, end) = spans[i];
+                if start < spans[merged].1 {
+                    spans[merged].1 = spans[merged].1.max(end);
+                } else {
+                    merged += 1;
+                    spans[merged] = (start, end);
+                }
+            }
+            spans.truncate(merged + 1);
+        }
+    }
+
+    /// `value` with every form of the secrets in `used` replaced, or `None` if none occurs.
+    pub fn redact(&self, used: &SecretSet, value: &[u8]) -> Option<Vec<u8>> {
+        let mut spans = Vec::new();
+        self.spans(used, value, &mut spans);
+        if spans.is_empty() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(value.len() + spans.len() * REDACTED.len());
+        let mut pos = 0;
+        for (start, end) in spans {
+            out.extend_from_slice(&value[pos..start]);
+            out.extend_from_slice(REDACTED);
+            pos = end;
+        }
+        out.extend_from_slice(&value[pos..]);
+        Some(out)
+    }
+
+    /// A header value with the secrets in `used` redacted, or `None` when it holds none.
+    /// Unlike bodies, a header value that is exactly a short secret value is redacted too.
+    pub fn redact_header_value(&self, used: &SecretSet, value: &[u8]) -> Option<Vec<u8>> {
+        let trimmed = value.trim_ascii();
+        let is_short_secret = self.short_values.iter().any(|(index, short)| {
+            used.contains(*index) && !trimmed.is_empty() && trimmed.eq_ignore_ascii_case(short)
+        });
+        if is_short_secret {
+            return Some(REDACTED.to_vec());
+        }
+        self.redact(used, value)
+    }
+
+    /// Whether a form of the secrets in `used` at least `min_len` bytes long occurs in
+    /// `haystack` (for header names, which cannot hold the marker: such a header is dropped).
+    pub fn occurs_in(&self, used: &SecretSet, haystack: &[u8], min_len: usize) -> bool {
+        let mut spans = Vec::new();
+        self.spans(used, haystack, &mut spans);
+        spans.iter().any(|(start, end)| end - start >= min_len)
+    }
+}
+
+/// The secrets one request injected, by their index in the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretSet {
+    bits: Vec<u64>,
+}
+
+impl SecretSet {
+    /// The set of `indices`.
+    pub fn of(indices: impl IntoIterator<Item = usize>) -> Self {
+        let mut set = Self::default();
+        for index in indices {
+            let word = index / 64;
+            if set.bits.len() <= word {
+                set.bits.resize(word + 1, 0);
+            }
+            set.bits[word] |= 1 << (index % 64);
+        }
+        set
+    }
+
+    /// Whether secret `index` is in the set.
+    pub fn contains(&self, index: usize) -> bool {
+        self.bits
+            .get(index / 64)
+            .is_some_and(|word| word & (1 << (index % 64)) != 0)
+    }
+}
+
+/// What one request redacts: the environment's index and the secrets it injected.
+#[derive(Debug, Clone)]
+pub struct RequestRedaction {
+    /// The forms of every secret of the environment (shared by its requests).
+    pub index: Arc<RedactionIndex>,
+    /// The secrets this request injected: only these are redacted.
+    pub used: SecretSet,
+}
+
+/// Redacts one body as it streams through (see the module docs).
+pub struct StreamRedactor {
+    redaction: RequestRedaction,
+    /// Bytes received but not yet sent: at most `longest - 1` of them.
+    pending: BytesMut,
+    /// How many leading bytes of `pending` belong to an occurrence already replaced by a
+    /// marker (an occurrence that ended inside the held-back bytes). A later occurrence that
+    /// overlaps them joins that marker instead of leaking its remainder.
+    covered: usize,
+    spans: Vec<(usize, usize)>,
+}
+
+impl StreamRedactor {
+    /// A redactor for one response body.
+    pub fn new(redaction: RequestRedaction) -> Self {
+        Self {
+            redaction,
+            pending: BytesMut::new(),
+            covered: 0,
+            spans: Vec::new(),
+        }
+    }
+
+    /// Feed the next piece of the body; returns what can be sent now. With `end`, everything
+    /// held back is released.
+    pub fn push(&mut self, chunk: &[u8], end: bool) -> Bytes {
+        let index = &self.redaction.index;
+        if index.longest == 0 {
+            return Bytes::copy_from_slice(chunk);
+        }
+        self.pending.extend_from_slice(chunk);
+        let len = self.pending.len();
+        // An occurrence that starts before `hold` is complete in `pending`; one that starts
+        // later might continue in the next chunk.
+        let hold = if end {
+            len
+        } else {
+            len.saturating_sub(index.longest - 1)
+        };
+        index.spans(&self.redaction.used, &self.pending, &mut self.spans);
+        if self.spans.is_empty() && self.covered == 0 {
+            return self.pending.split_to(hold).freeze();
+        }
+
+        let mut out = BytesMut::with_capacity(hold + REDACTED.len());
+        let mut spans = self.spans.iter().copied().peekable();
+        let mut pos = 0;
+        if self.covered > 0 {
+            // Continue the marker already sent.
+            let mut end_of_marker = self.covered;
+            while let Some(&(start, end)) = spans.peek() {
+                if start >= end_of_marker {
+                    break;
+                }
+                end_of_marker = end_of_marker.max(end);
+                spans.next();
+            }
+            pos = end_of_marker;
+        }
+        for (start, end) in spans {
+            if start >= hold {
+                break;
+            }
+            out.extend_from_slice(&self.pending[pos..start]);
+            out.extend_from_slice(REDACTED);
+            pos = end;
+        }
+        if pos < hold {
+            out.extend_from_slice(&self.pending[pos..hold]);
+            self.covered = 0;
+        } else {
+            self.covered = pos - hold;
+        }
+        let _ = self.pending.split_to(hold);
+        out.freeze()
+    }
+}
+
+/// Response headers that frame the body: never redacted (they hold numbers and coding names,
+/// and changing them would break the response). `content-encoding` is checked separately.
+const FRAMING_HEADERS: &[HeaderName] = &[
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::CONTENT_ENCODING,
+];
+
+/// Shortest form that makes a response header be dropped because its name holds it.
+const MIN_NAME_MATCH_LEN: usize = 8;
+
+/// A response whose body cannot be redacted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("its content-encoding `{0}` cannot be inspected for secrets (only gzip and deflate can)")]
+pub struct UnredactableResponse(String);
+
+/// Redact the response head for `redaction` and get its body ready: see
+/// [`redact_headers`]; then, since the body may change length, framing and validators that
+/// describe the upstream's bytes are removed or weakened, and a compressed body is announced
+/// as decoded. Fails when the body is in a coding that cannot be decoded.
+pub fn redact_response_head(
+    response: &mut ResponseHeader,
+    redaction: &RequestRedaction,
+) -> Result<BodyRedactor, UnredactableResponse> {
+    let coding = content_coding(&response.headers).map_err(|coding| {
+        // The coding is the upstream's text: it could hold a secret too.
+        let shown = redaction
+            .index
+            .redact_header_value(&redaction.used, coding.as_bytes())
+            .map_or(coding, |redacted| {
+                String::from_utf8_lossy(&redacted).into_owned()
+            });
+        UnredactableResponse(shown)
+    })?;
+    redact_headers(response, redaction);
+
+    let empty_body = response
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .is_some_and(|length| length.as_bytes() == b"0");
+    if coding != ContentCoding::Identity {
+        response.remove_header(&header::CONTENT_ENCODING);
+    }
+    if !empty_body {
+        // Pingora then sends the body chunked.
+        response.remove_header(&header::CONTENT_LENGTH);
+        response.remove_header(&header::ACCEPT_RANGES);
+        weaken_etag(response);
+    }
+    Ok(BodyRedactor::new(redaction.clone(), coding))
+}
+
+/// Redact the secrets of `redaction` from every header value (a header whose name holds one
+/// is dropped: a name cannot hold the marker) and reset the free-text reason phrase.
+pub fn redact_headers(response: &mut ResponseHeader, redaction: &RequestRedaction) {
+    let RequestRedaction { index, used } = redaction;
+    let mut dropped: Vec<HeaderName> = Vec::new();
+    let mut rewritten: Vec<HeaderName> = Vec::new();
+    for (name, value) in response.headers.iter() {
+        if FRAMING_HEADERS.contains(name) {
+            continue;
+        }
+        // Dropping a header is harsher than rewriting a value (a 4-byte secret such as `type`
+        // would take `content-type` away), so names only count longer forms.
+        if index.occurs_in(used, name.as_str().as_bytes(), MIN_NAME_MATCH_LEN) {
+            if !dropped.contains(name) {
+                dropped.push(name.clone());
+            }
+        } else if !rewritten.contains(name)
+            && index.redact_header_value(used, value.as_bytes()).is_some()
+        {
+            rewritten.push(name.clone());
+        }
+    }
+    for name in dropped {
+        response.remove_header(&name);
+    }
+    for name in rewritten {
+        // Every value of the header, in order.
+        let values: Vec<HeaderValue> = response
+            .headers
+            .get_all(&name)
+            .iter()
+            .map(
+                |value| match index.redact_header_value(used, value.as_bytes()) {
+                    // Replacing part of a valid value with the (valid) marker keeps it valid.
+                    Some(redacted) => HeaderValue::from_bytes(&redacted)
+                        .unwrap_or_else(|_| HeaderValue::from_static("[REDACTED]")),
+                    None => value.clone(),
+                },
+            )
+            .collect();
+        response.remove_header(&name);
+        for value in values {
+            // Appending a valid name and value cannot fail.
+            let _ = response.append_header(name.clone(), value);
+        }
+    }
+    // The upstream's reason phrase is free text: use the standard one.
+    let _ = response.set_reason_phrase(None);
+}
+
+/// The body sent may differ from the upstream's bytes, so a strong validator no longer holds
+/// (RFC 9110 8.8.1): weaken it, or drop one that is not well formed (as nginx does).
+fn weaken_etag(response: &mut ResponseHeader) {
+    let Some(etag) = response.headers.get(header::ETAG) else {
+        return;
+    };
+    let etag = etag.as_bytes();
+    if etag.starts_with(b"W/") {
+        return;
+    }
+    let weakened = etag
+        .starts_with(b"\"")
+        .then(|| HeaderValue::from_bytes(&[b"W/", etag].concat()).ok())
+        .flatten();
+    match weakened {
+        Some(weak) => {
+            let _ = response.insert_header(header::ETAG, weak);
+        }
+        None => {
+            response.remove_header(&header::ETAG);
+        }
+    }
+}
+
+/// A `content-encoding` the redactor can see through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContentCoding {
+    /// Not encoded.
+    Identity,
+    /// `gzip` or `x-gzip`, possibly several members.
+    Gzip,
+    /// `deflate`: zlib-wrapped (RFC 9110) or, as some servers send it, raw.
+    Deflate,
+}
+
+/// The coding of a response from its `content-encoding` headers; `Err` names an encoding
+/// (or a stack of them) that cannot be decoded.
+pub fn content_coding(headers: &http::HeaderMap) -> Result<ContentCoding, String> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(header::CONTENT_ENCODING) {
+        let text = value.to_str().map_err(|_| "(not valid text)".to_string())?;
+        for coding in text.split(',').map(str::trim) {
+            if !coding.is_empty() && !coding.eq_ignore_ascii_case("identity") {
+                codings.push(coding.to_ascii_lowercase());
+            }
+        }
+    }
+    match codings.as_slice() {
+        [] => Ok(ContentCoding::Identity),
+        [one] if one == "gzip" || one == "x-gzip" => Ok(ContentCoding::Gzip),
+        [one] if one == "deflate" => Ok(ContentCoding::Deflate),
+        _ => Err(codings.join(", ")),
+    }
+}
+
+/// `accept-encoding` narrowed to the codings [`content_coding`] can decode (quality values
+/// kept; `*` and everything else removed); `identity` when nothing is left.
+pub fn decodable_accept_encoding(value: &str) -> String {
+    let kept: Vec<&str> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| {
+            let coding = item.split(';').next().unwrap_or("").trim();
+            ["gzip", "x-gzip", "deflate", "identity"]
+                .iter()
+                .any(|known| coding.eq_ignore_ascii_case(known))
+        })
+        .collect();
+    if kept.is_empty() {
+        "identity".to_string()
+    } else {
+        kept.join(", ")
+    }
+}
+
+/// Why a response body could not be redacted.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream's {coding} body could not be decoded: {source}")]
+pub struct DecodeError {
+    coding: &'static str,
+    source: std::io::Error,
+}
+
+/// Decompresses a body as it streams.
+enum Decoder {
+    Gzip(flate2::write::MultiGzDecoder<Vec<u8>>),
+    Zlib(flate2::write::ZlibDecoder<Vec<u8>>),
+    RawDeflate(flate2::write::DeflateDecoder<Vec<u8>>),
+    /// `deflate` is zlib-wrapped by the standard but raw in some servers: the first two bytes
+    /// tell which.
+    DeflateUndecided(Vec<u8>),
+}
+
+impl Decoder {
+    fn new(coding: ContentCoding) -> Option<Self> {
+        match coding {
+            ContentCoding::Identity => None,
+            ContentCoding::Gzip => Some(Self::Gzip(flate2::write::MultiGzDecoder::new(Vec::new()))),
+            ContentCoding::Deflate => Some(Self::DeflateUndecided(Vec::new())),
+        }
+    }
+
+    fn coding(&self) -> &'static str {
+        match self {
+            Self::Gzip(_) => "gzip",
+            _ => "deflate",
+        }
+    }
+
+    /// Decode `input`; with `end`, check the stream is complete.
+    fn push(&mut self, input: &[u8], end: bool) -> std::io::Result<Vec<u8>> {
+        if let Self::DeflateUndecided(start) = self {
+            start.extend_from_slice(input);
+            if start.len() < 2 && !end {
+                return Ok(Vec::new());
+            }
+            let start = std::mem::take(start);
+            *self = if is_zlib_header(&start) {
+                Self::Zlib(flate2::write::ZlibDecoder::new(Vec::new()))
+            } else {
+                Self::RawDeflate(flate2::write::DeflateDecoder::new(Vec::new()))
+            };
+            return self.push(&start, end);
+        }
+        match self {
+            Self::Gzip(decoder) => {
+                decoder.write_all(input)?;
+                if end {
+                    decoder.try_finish()?;
+                }
+                Ok(std::mem::take(decoder.get_mut()))
+            }
+            Self::Zlib(decoder) => {
+                decoder.write_all(input)?;
+                if end {
+                    decoder.try_finish()?;
+                }
+                Ok(std::mem::take(decoder.get_mut()))
+            }
+            Self::RawDeflate(decoder) => {
+                decoder.write_all(input)?;
+                if end {
+                    decoder.try_finish()?;
+                }
+                Ok(std::mem::take(decoder.get_mut()))
+            }
+            Self::DeflateUndecided(_) => unreachable!("decided above"),
+        }
+    }
+}
+
+/// RFC 1950: compression method 8 with a window of at most 32 KiB, and a header checksum.
+fn is_zlib_header(start: &[u8]) -> bool {
+    match start {
+        [cmf, flg, ..] => {
+            cmf & 0x0f == 8 && cmf >> 4 <= 7 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0
+        }
+        _ => false,
+    }
+}
+
+/// Redacts one response body: decodes it if needed, then streams it through a
+/// [`StreamRedactor`].
+pub struct BodyRedactor {
+    decoder: Option<Decoder>,
+    stream: StreamRedactor,
+}
+
+impl std::fmt::Debug for BodyRedactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Held-back bytes may be part of a secret: only their count is shown.
+        f.debug_struct("BodyRedactor")
+            .field("coding", &self.decoder.as_ref().map(Decoder::coding))
+            .field("held_back", &self.stream.pending.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl BodyRedactor {
+    /// A redactor for a body in `coding`; the output is always decoded.
+    pub fn new(redaction: RequestRedaction, coding: ContentCoding) -> Self {
+        Self {
+            decoder: Decoder::new(coding),
+            stream: StreamRedactor::new(redaction),
+        }
+    }
+
+    /// Feed the next piece of the upstream body (`None`: no new bytes); returns what to send
+    /// the client now, `None` when nothing is ready yet.
+    pub fn push(&mut self, chunk: Option<&[u8]>, end: bool) -> Result<Option<Bytes>, DecodeError> {
+        let chunk = chunk.unwrap_or_default();
+        let out = match &mut self.decoder {
+            None => self.stream.push(chunk, end),
+            Some(decoder) => {
+                let decoded =
+                    Zeroizing::new(decoder.push(chunk, end).map_err(|source| DecodeError {
+                        coding: decoder.coding(),
+                        source,
+                    })?);
+                self.stream.push(&decoded, end)
+            }
+        };
+        Ok((!out.is_empty()).then_some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    const VALUE: &str = "sk-live-Zq9/x+Y=&ü \"k\"<1>";
+
+    fn index(values: &[&str]) -> Arc<RedactionIndex> {
+        Arc::new(RedactionIndex::build(values.iter().copied().enumerate()).unwrap())
+    }
+
+    fn all(values: &[&str]) -> RequestRedaction {
+        RequestRedaction {
+            index: index(values),
+            used: SecretSet::of(0..values.len()),
+        }
+    }
+
+    fn redact_whole(redaction: &RequestRedaction, body: &[u8]) -> Vec<u8> {
+        redaction
+            .index
+            .redact(&redaction.used, body)
+            .unwrap_or_else(|| body.to_vec())
+    }
+
+    /// Feed `body` cut at `cuts` (sorted offsets) and collect the output.
+    fn stream(redaction: &RequestRedaction, body: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut redactor = StreamRedactor::new(redaction.clone());
+        let mut out = Vec::new();
+        let mut last = 0;
+        for &cut in cuts {
+            out.extend_from_slice(&redactor.push(&body[last..cut], false));
+            last = cut;
+        }
+        out.extend_from_slice(&redactor.push(&body[last..], true));
+        out
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn every_encoded_form_is_redacted() {
+        let redaction = all(&[VALUE]);
+        let bytes = VALUE.as_bytes();
+        let json_minimal = serde_json::to_string(VALUE).unwrap();
+        let forms = [
+            VALUE.to_string(),
+            VALUE.to_ascii_uppercase(),
+            STANDARD.encode(bytes),
+            STANDARD_NO_PAD.encode(bytes),
+            URL_SAFE.encode(bytes),
+            URL_SAFE_NO_PAD.encode(bytes),
+            // As the template encodes a URL component, and in lower-case hex.
+            utf8_percent_encode(VALUE, COMPONENT).to_string(),
+            utf8_percent_encode(VALUE, COMPONENT)
+                .to_string()
+                .to_lowercase(),
+            // Form encoding.
+            utf8_percent_encode(VALUE, FORM)
+                .to_string()
+                .replace("%20", "+"),
+            json_minimal[1..json_minimal.len() - 1].to_string(),
+            // Python's json.dumps (ASCII only), Go's encoding/json (HTML-safe), PHP (`\/`).
+            r#"sk-live-Zq9/x+Y=&\u00fc \"k\"<1>"#.to_string(),
+            r#"sk-live-Zq9/x+Y=\u0026ü \"k\"\u003c1\u003e"#.to_string(),
+            r#"sk-live-Zq9\/x+Y=&\u00fc \"k\"<1>"#.to_string(),
+        ];
+        for form in forms {
+            let body = format!("before {form} after");
+            let out = text(&redact_whole(&redaction, body.as_bytes()));
+            assert_eq!(out, "before [REDACTED] after", "form {form:?}");
+        }
+    }
+
+    #[test]
+    fn base64_of_a_value_inside_longer_text_is_redacted_at_every_alignment() {
+        let redaction = all(&["correct-horse-battery"]);
+        for prefix in ["", "u:", "us:", "user:"] {
+            for suffix in ["", "!", "!!", "!!!"] {
+                let inner = format!("{prefix}correct-horse-battery{suffix}");
+                for encoded in [STANDARD.encode(&inner), URL_SAFE_NO_PAD.encode(&inner)] {
+                    let body = format!("Basic {encoded}");
+                    let out = redact_whole(&redaction, body.as_bytes());
+                    assert!(
+                        contains(&out, REDACTED),
+                        "{prefix:?}/{suffix:?}: {}",
+                        text(&out)
+                    );
+                    // What is left cannot be decoded back to the value.
+                    let rest = text(&out);
+                    for piece in rest.split("[REDACTED]") {
+                        let piece = piece.trim_start_matches("Basic ");
+                        for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
+                            if let Ok(decoded) = engine.decode(piece.trim_end_matches('=')) {
+                                assert!(!contains(&decoded, b"horse-battery"));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_value_split_across_chunks_is_redacted_at_every_cut() {
+        let redaction = all(&["secret-value-123", "other-token-xyz"]);
+        let body = b"{\"a\":\"secret-value-123\",\"b\":\"c2VjcmV0LXZhbHVlLTEyMw==\",\"c\":\"other-token-xyz\"}";
+        let whole = redact_whole(&redaction, body);
+        assert!(!contains(&whole, b"secret-value-123"));
+        assert!(!contains(&whole, b"c2VjcmV0LXZhbHVlLTEyMw"));
+        assert!(!contains(&whole, b"other-token-xyz"));
+        for cut in 0..=body.len() {
+            assert_eq!(stream(&redaction, body, &[cut]), whole, "cut at {cut}");
+        }
+        for a in 0..=body.len() {
+            for b in a..=body.len() {
+                assert_eq!(stream(&redaction, body, &[a, b]), whole, "cuts {a}, {b}");
+            }
+        }
+        // One byte at a time.
+        let cuts: Vec<usize> = (1..body.len()).collect();
+        assert_eq!(stream(&redaction, body, &cuts), whole);
+    }
+
+    #[test]
+    fn overlapping_occurrences_merge_into_one_marker_however_the_body_is_cut() {
+        let redaction = all(&["abab"]);
+        let body = b"xx ababab yy abababab zz abab";
+        let whole = redact_whole(&redaction, body);
+        assert_eq!(text(&whole), "xx [REDACTED] yy [REDACTED] zz [REDACTED]");
+        for a in 0..=body.len() {
+            for b in a..=body.len() {
+                assert_eq!(stream(&redaction, body, &[a, b]), whole, "cuts {a}, {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn overlapping_values_of_different_secrets() {
+        // One value contains the other; one overlaps the other's end.
+        let redaction = all(&["token-abc", "abc-def", "xtoken-abc-defx"]);
+        let body = b"1 token-abc-def 2 xtoken-abc-defx 3 abc-de";
+        let whole = redact_whole(&redaction, body);
+        assert_eq!(text(&whole), "1 [REDACTED] 2 [REDACTED] 3 abc-de");
+        // Pseudo-random cuts agree with the whole-body result.
+        let mut seed = 0x9e37_79b9_u32;
+        for _ in 0..500 {
+            let mut cuts: Vec<usize> = (0..4)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    seed as usize % (body.len() + 1)
+                })
+                .collect();
+            cuts.sort_unstable();
+            assert_eq!(stream(&redaction, body, &cuts), whole, "{cuts:?}");
+        }
+    }
+
+    #[test]
+    fn only_the_secrets_of_the_request_are_redacted() {
+        let index = index(&["injected-value", "not-injected-but-longer-injected-value-x"]);
+        let redaction = RequestRedaction {
+            index,
+            used: SecretSet::of([0]),
+        };
+        // The longer value of the other secret contains the injected one: the injected one is
+        // still found (overlapping search).
+        let body = b"not-injected-but-longer-injected-value-x";
+        assert_eq!(
+            text(&redact_whole(&redaction, body)),
+            "not-injected-but-longer-[REDACTED]-x"
+        );
+        assert_eq!(redact_whole(&redaction, b"nothing here"), b"nothing here");
+    }
+
+    #[test]
+    fn short_values_are_only_redacted_as_whole_header_values() {
+        let redaction = all(&["abc", "longer-value"]);
+        let index = &redaction.index;
+        let used = &redaction.used;
+        assert_eq!(index.redact(used, b"abcabc abc"), None);
+        assert_eq!(
+            index.redact_header_value(used, b" abc "),
+            Some(REDACTED.to_vec())
+        );
+        assert_eq!(index.redact_header_value(used, b"abcd"), None);
+        assert_eq!(
+            index.redact_header_value(used, b"Bearer longer-value"),
+            Some(b"Bearer [REDACTED]".to_vec())
+        );
+        assert!(index.occurs_in(used, b"x-longer-value", 8));
+        assert!(!index.occurs_in(used, b"x-longer-value", 13));
+        assert!(!index.occurs_in(used, b"x-abc", 1));
+        assert!(encoded_forms("abc").is_empty());
+    }
+
+    #[test]
+    fn no_secret_means_pass_through() {
+        let redaction = RequestRedaction {
+            index: Arc::new(RedactionIndex::empty()),
+            used: SecretSet::default(),
+        };
+        assert_eq!(stream(&redaction, b"hello world", &[3, 5]), b"hello world");
+    }
+
+    #[test]
+    fn secret_sets() {
+        let set = SecretSet::of([0, 3, 64, 130]);
+        for i in [0, 3, 64, 130] {
+            assert!(set.contains(i));
+        }
+        for i in [1, 63, 65, 129, 131, 1000] {
+            assert!(!set.contains(i));
+        }
+        assert!(!SecretSet::default().contains(0));
+    }
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        encoder.write_all(data).unwrap();
+        encoder.finish().unwrap()
+    }
+
+    fn decode_through(
+        redaction: &RequestRedaction,
+        coding: ContentCoding,
+        encoded: &[u8],
+        piece: usize,
+    ) -> Result<Vec<u8>, DecodeError> {
+        let mut redactor = BodyRedactor::new(redaction.clone(), coding);
+        let mut out = Vec::new();
+        for chunk in encoded.chunks(piece) {
+            if let Some(bytes) = redactor.push(Some(chunk), false)? {
+                out.extend_from_slice(&bytes);
+            }
+        }
+        if let Some(bytes) = redactor.push(None, true)? {
+            out.extend_from_slice(&bytes);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn gzip_and_deflate_bodies_are_decoded_and_redacted() {
+        let redaction = all(&["gzip-secret-value"]);
+        let body = format!(
+            "{}\"gzip-secret-value\"{}",
+            "a".repeat(5000),
+            "b".repeat(5000)
+        );
+        let expected = format!("{}\"[REDACTED]\"{}", "a".repeat(5000), "b".repeat(5000));
+
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        zlib.write_all(body.as_bytes()).unwrap();
+        let zlib = zlib.finish().unwrap();
+        let mut raw = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+        raw.write_all(body.as_bytes()).unwrap();
+        let raw = raw.finish().unwrap();
+        // Two gzip members, as concatenated files are.
+        let mut two_members = gzip(&body.as_bytes()[..3000]);
+        two_members.extend(gzip(&body.as_bytes()[3000..]));
+
+        for (coding, encoded) in [
+            (ContentCoding::Gzip, gzip(body.as_bytes())),
+            (ContentCoding::Gzip, two_members),
+            (ContentCoding::Deflate, zlib),
+            (ContentCoding::Deflate, raw),
+        ] {
+            for piece in [1, 7, 100, 100_000] {
+                let out = decode_through(&redaction, coding, &encoded, piece).unwrap();
+                assert_eq!(text(&out), expected, "{coding:?} in pieces of {piece}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_or_truncated_compressed_body_is_an_error() {
+        let redaction = all(&["gzip-secret-value"]);
+        let encoded = gzip(b"some body with gzip-secret-value inside");
+        let truncated = &encoded[..encoded.len() - 6];
+        assert!(decode_through(&redaction, ContentCoding::Gzip, truncated, 5).is_err());
+        let mut corrupt = encoded.clone();
+        corrupt[12] ^= 0xff;
+        corrupt[13] ^= 0xff;
+        assert!(decode_through(&redaction, ContentCoding::Gzip, &corrupt, 5).is_err());
+        assert!(decode_through(&redaction, ContentCoding::Gzip, b"not gzip at all", 5).is_err());
+    }
+
+    #[test]
+    fn content_codings() {
+        let headers = |values: &[&str]| {
+            let mut map = http::HeaderMap::new();
+            for v in values {
+                map.append(http::header::CONTENT_ENCODING, v.parse().unwrap());
+            }
+            map
+        };
+        assert_eq!(content_coding(&headers(&[])), Ok(ContentCoding::Identity));
+        assert_eq!(
+            content_coding(&headers(&["identity"])),
+            Ok(ContentCoding::Identity)
+        );
+        assert_eq!(content_coding(&headers(&["GZIP"])), Ok(ContentCoding::Gzip));
+        assert_eq!(
+            content_coding(&headers(&["x-gzip"])),
+            Ok(ContentCoding::Gzip)
+        );
+        assert_eq!(
+            content_coding(&headers(&["deflate"])),
+            Ok(ContentCoding::Deflate)
+        );
+        assert_eq!(content_coding(&headers(&["br"])), Err("br".to_string()));
+        assert_eq!(
+            content_coding(&headers(&["gzip", "br"])),
+            Err("gzip, br".to_string())
+        );
+        assert_eq!(
+            content_coding(&headers(&["gzip, gzip"])),
+            Err("gzip, gzip".to_string())
+        );
+    }
+
+    fn response(headers: &[(&str, &str)]) -> ResponseHeader {
+        let mut response = ResponseHeader::build(200, None).unwrap();
+        for (name, value) in headers {
+            response.append_header(name.to_string(), *value).unwrap();
+        }
+        response
+    }
+
+    fn values(response: &ResponseHeader, name: &str) -> Vec<String> {
+        response
+            .headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn response_headers_are_redacted() {
+        let redaction = all(&["hdr-secret-value", "pin", "type"]);
+        let encoded = STANDARD.encode("hdr-secret-value");
+        let mut head = response(&[
+            ("x-echo", "Bearer hdr-secret-value"),
+            ("x-echo-b64", &encoded),
+            ("x-multi", "first"),
+            ("x-multi", "hdr-secret-value"),
+            ("x-pin", "pin"),
+            ("x-pinned", "spin"),
+            ("x-hdr-secret-value", "the name holds it"),
+            ("content-length", "42"),
+            ("etag", "\"abc\""),
+            ("accept-ranges", "bytes"),
+            ("x-plain", "untouched"),
+            ("content-type", "text/plain"),
+        ]);
+        head.set_reason_phrase(Some("OK hdr-secret-value")).unwrap();
+        let redactor = redact_response_head(&mut head, &redaction);
+        assert!(redactor.is_ok());
+        assert_eq!(values(&head, "x-echo"), ["Bearer [REDACTED]"]);
+        assert_eq!(values(&head, "x-echo-b64"), ["[REDACTED]"]);
+        assert_eq!(values(&head, "x-multi"), ["first", "[REDACTED]"]);
+        // A short value only as a whole header value.
+        assert_eq!(values(&head, "x-pin"), ["[REDACTED]"]);
+        assert_eq!(values(&head, "x-pinned"), ["spin"]);
+        assert!(head.headers.get("x-hdr-secret-value").is_none());
+        assert_eq!(head.get_reason_phrase(), Some("OK"));
+        // The body may change: no length, no ranges, a weak validator.
+        assert!(head.headers.get("content-length").is_none());
+        assert!(head.headers.get("accept-ranges").is_none());
+        assert_eq!(values(&head, "etag"), ["W/\"abc\""]);
+        assert_eq!(values(&head, "x-plain"), ["untouched"]);
+        // A short secret in a header name does not take the header away.
+        assert_eq!(values(&head, "content-type"), ["text/plain"]);
+    }
+
+    #[test]
+    fn compressed_responses_are_announced_decoded_and_unknown_codings_refused() {
+        let redaction = all(&["hdr-secret-value"]);
+        let mut gzip = response(&[("content-encoding", "gzip"), ("content-length", "10")]);
+        redact_response_head(&mut gzip, &redaction).unwrap();
+        assert!(gzip.headers.get("content-encoding").is_none());
+        assert!(gzip.headers.get("content-length").is_none());
+
+        // An empty body keeps its length (nothing to redact, and no chunked framing needed).
+        let mut empty = response(&[("content-length", "0"), ("etag", "\"e\"")]);
+        redact_response_head(&mut empty, &redaction).unwrap();
+        assert_eq!(values(&empty, "content-length"), ["0"]);
+        assert_eq!(values(&empty, "etag"), ["\"e\""]);
+
+        let mut br = response(&[("content-encoding", "br")]);
+        let error = redact_response_head(&mut br, &redaction).unwrap_err();
+        assert!(error.to_string().contains("`br`"), "{error}");
+        // The coding is the upstream's text and is redacted too.
+        let mut sneaky = response(&[("content-encoding", "hdr-secret-value")]);
+        let error = redact_response_head(&mut sneaky, &redaction).unwrap_err();
+        assert!(!error.to_string().contains("hdr-secret-value"), "{error}");
+    }
+
+    #[test]
+    fn accept_encoding_is_narrowed_to_decodable_codings() {
+        assert_eq!(
+            decodable_accept_encoding("br, gzip;q=0.8, zstd, deflate"),
+            "gzip;q=0.8, deflate"
+        );
+        assert_eq!(decodable_accept_encoding("br, *"), "identity");
+        assert_eq!(decodable_accept_encoding("Identity"), "Identity");
+    }
+
+    #[test]
+    fn forms_never_hold_duplicates_and_debug_shows_no_value() {
+        let forms = encoded_forms("plain-ascii-token");
+        for (i, a) in forms.iter().enumerate() {
+            for b in &forms[i + 1..] {
+                assert!(!a.eq_ignore_ascii_case(b));
+            }
+        }
+        let index = index(&["plain-ascii-token"]);
+        assert!(!format!("{index:?}").contains("plain-ascii-token"));
+    }
+}

@@ -1,0 +1,228 @@
+//! The events one finished request produces.
+//!
+//! Built once, in the `logging` phase, from what the request context recorded: at most a
+//! `SecretUsed` (the audit trail: secrets went upstream) and one failure event. Only names,
+//! ids, the destination host and statuses go in: never a secret value, an API key, a URL path
+//! or query (they may carry secrets), or a request or response body.
+
+use airlock_shared::events::{EventKind, GatewayEvent};
+use airlock_shared::template::RenderError;
+use uuid::Uuid;
+
+use super::error::GatewayError;
+
+/// Longest function name copied into an event. Names come from the request path, so an
+/// unauthenticated caller chooses them; real function names are shorter.
+const MAX_FUNCTION_NAME: usize = 128;
+
+/// What a request did, as far as events are concerned.
+#[derive(Debug, Default)]
+pub struct RequestReport<'a> {
+    pub request_id: &'a str,
+    pub tenant_id: Option<Uuid>,
+    pub environment_id: Option<Uuid>,
+    pub function: Option<&'a str>,
+    pub api_key_id: Option<Uuid>,
+    pub upstream_host: Option<&'a str>,
+    /// Secrets injected into a request that was handed to the upstream connection.
+    pub secrets_sent: &'a [String],
+    /// Status the upstream answered with, if it did.
+    pub upstream_status: Option<u16>,
+    /// The gateway error answered, if any.
+    pub error: Option<&'a GatewayError>,
+    /// Status returned to the client (0 if nothing could be written).
+    pub status: u16,
+}
+
+impl RequestReport<'_> {
+    /// The events to emit, in order.
+    pub fn events(&self) -> Vec<GatewayEvent> {
+        let mut events = Vec::new();
+        if !self.secrets_sent.is_empty() {
+            let names = self.secrets_sent.join("`, `");
+            events.push(self.event(
+                EventKind::SecretUsed,
+                self.secrets_sent.to_vec(),
+                format!(
+                    "secrets `{names}` sent to `{}`",
+                    self.upstream_host.unwrap_or("-")
+                ),
+            ));
+        }
+        if let Some(error) = self.error {
+            if let Some((kind, secrets)) = failure_kind(error) {
+                events.push(self.event(kind, secrets, error.to_string()));
+            }
+        } else if let Some(status) = self.upstream_status.filter(|status| *status >= 500) {
+            events.push(self.event(
+                EventKind::UpstreamError,
+                Vec::new(),
+                format!("the upstream answered with status {status}"),
+            ));
+        }
+        events
+    }
+
+    fn event(&self, kind: EventKind, secrets: Vec<String>, message: String) -> GatewayEvent {
+        let host_of_error = match self.error {
+            Some(GatewayError::SecretHostDenied { host, .. }) => Some(host.as_str()),
+            _ => None,
+        };
+        GatewayEvent {
+            id: Uuid::now_v7(),
+            at: chrono::Utc::now(),
+            kind,
+            tenant_id: self.tenant_id,
+            environment_id: self.environment_id,
+            request_id: self.request_id.to_string(),
+            function: self.function.map(truncate_name),
+            api_key_id: self.api_key_id,
+            secrets,
+            upstream_host: host_of_error.or(self.upstream_host).map(str::to_string),
+            status: self.status,
+            message,
+        }
+    }
+}
+
+/// The event kind of a gateway error, with the secrets it concerns; `None` for errors that
+/// are the caller's own mistakes (bad JSON, unknown route...).
+fn failure_kind(error: &GatewayError) -> Option<(EventKind, Vec<String>)> {
+    Some(match error {
+        GatewayError::Unauthorized => (EventKind::AuthDenied, Vec::new()),
+        GatewayError::Forbidden(_) => (EventKind::ScopeDenied, Vec::new()),
+        GatewayError::Render(
+            RenderError::MissingSecret(name) | RenderError::UnusableSecret(name),
+        )
+        | GatewayError::SecretNotOpened(name) => (EventKind::SecretUnavailable, vec![name.clone()]),
+        GatewayError::SecretHostDenied { secret, .. } => {
+            (EventKind::SecretHostDenied, vec![secret.clone()])
+        }
+        GatewayError::UpstreamUnreachable(_) => (EventKind::UpstreamUnreachable, Vec::new()),
+        GatewayError::UpstreamTimeout { .. } => (EventKind::UpstreamTimeout, Vec::new()),
+        GatewayError::UpstreamResponseRejected(_) => (EventKind::UpstreamError, Vec::new()),
+        _ => return None,
+    })
+}
+
+fn truncate_name(name: &str) -> String {
+    let mut end = name.len().min(MAX_FUNCTION_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(report: &RequestReport<'_>) -> Vec<EventKind> {
+        report.events().iter().map(|e| e.kind).collect()
+    }
+
+    #[test]
+    fn each_outcome_maps_to_its_events() {
+        let secrets = vec!["TOKEN".to_string()];
+        let base = RequestReport {
+            request_id: "r1",
+            function: Some("f"),
+            upstream_host: Some("api.example.com"),
+            status: 200,
+            ..RequestReport::default()
+        };
+        assert!(base.events().is_empty());
+
+        let used = RequestReport {
+            secrets_sent: &secrets,
+            upstream_status: Some(200),
+            ..base
+        };
+        let events = used.events();
+        assert_eq!(kinds(&used), [EventKind::SecretUsed]);
+        assert_eq!(events[0].secrets, ["TOKEN"]);
+        assert_eq!(events[0].upstream_host.as_deref(), Some("api.example.com"));
+        assert_eq!(events[0].request_id, "r1");
+
+        let failed_upstream = RequestReport {
+            secrets_sent: &secrets,
+            upstream_status: Some(503),
+            status: 503,
+            ..base
+        };
+        assert_eq!(
+            kinds(&failed_upstream),
+            [EventKind::SecretUsed, EventKind::UpstreamError]
+        );
+
+        let cases = [
+            (GatewayError::Unauthorized, EventKind::AuthDenied),
+            (GatewayError::Forbidden("f".into()), EventKind::ScopeDenied),
+            (
+                GatewayError::Render(RenderError::MissingSecret("S".into())),
+                EventKind::SecretUnavailable,
+            ),
+            (
+                GatewayError::SecretNotOpened("S".into()),
+                EventKind::SecretUnavailable,
+            ),
+            (
+                GatewayError::UpstreamUnreachable("x".into()),
+                EventKind::UpstreamUnreachable,
+            ),
+            (
+                GatewayError::UpstreamTimeout { timeout_ms: 1 },
+                EventKind::UpstreamTimeout,
+            ),
+            (
+                GatewayError::UpstreamResponseRejected("x".into()),
+                EventKind::UpstreamError,
+            ),
+        ];
+        for (error, kind) in cases {
+            let report = RequestReport {
+                error: Some(&error),
+                status: error.status(),
+                ..base
+            };
+            let events = report.events();
+            assert_eq!(kinds(&report), [kind], "{error:?}");
+            assert_eq!(events[0].status, error.status());
+            assert_eq!(events[0].message, error.to_string());
+        }
+
+        let denied = GatewayError::SecretHostDenied {
+            secret: "TOKEN".into(),
+            host: "evil.example".into(),
+        };
+        let report = RequestReport {
+            error: Some(&denied),
+            status: 403,
+            ..base
+        };
+        let events = report.events();
+        assert_eq!(kinds(&report), [EventKind::SecretHostDenied]);
+        assert_eq!(events[0].secrets, ["TOKEN"]);
+        assert_eq!(events[0].upstream_host.as_deref(), Some("evil.example"));
+
+        for error in [
+            GatewayError::NotFound,
+            GatewayError::InvalidJson("x".into()),
+        ] {
+            let report = RequestReport {
+                error: Some(&error),
+                ..base
+            };
+            assert!(report.events().is_empty(), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn long_function_names_are_cut_at_a_character_boundary() {
+        let name = "é".repeat(100);
+        let cut = truncate_name(&name);
+        assert!(cut.len() <= MAX_FUNCTION_NAME);
+        assert!(name.starts_with(&cut));
+        assert_eq!(truncate_name("short"), "short");
+    }
+}
