@@ -182,15 +182,27 @@ async fn bootstrap_admin_token(
     db: &DatabaseConnection,
     data_dir: &Path,
 ) -> anyhow::Result<Option<admin_tokens::NewAdminToken>> {
-    let token = admin_tokens::ensure_bootstrap(db)
+    let path = files::admin_token_path(data_dir);
+    // A token file left by another database (say `airlock dev` before `airlock serve` in the
+    // same data dir) is adopted by a fresh database rather than overwritten.
+    let existing = std::fs::read_to_string(&path)
+        .ok()
+        .map(|text| text.trim().to_string());
+    let token = admin_tokens::ensure_bootstrap(db, existing.as_deref())
         .await
         .map_err(|e| anyhow::anyhow!("cannot create the admin token: {}", e.detail()))?;
-    if let Some(token) = &token {
-        let path = files::admin_token_path(data_dir);
-        files::replace_private(&path, &format!("{}\n", token.plaintext))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+    match token {
+        Some(token) if existing.as_deref() == Some(token.plaintext.as_str()) => {
+            tracing::info!(path = %path.display(), "this database adopted the admin token already in the data dir");
+            Ok(None)
+        }
+        Some(token) => {
+            files::replace_private(&path, &format!("{}\n", token.plaintext))
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(Some(token))
+        }
+        None => Ok(None),
     }
-    Ok(token)
 }
 
 fn print_admin_token(token: Option<admin_tokens::NewAdminToken>, data_dir: &Path) {

@@ -19,6 +19,7 @@ on_both_backends!(
     secret_values_never_leave_the_vault,
     every_mutation_publishes_a_snapshot,
     admin_token_is_bootstrapped_once,
+    a_fresh_database_adopts_the_token_file,
     query_limits_are_enforced,
     concurrent_changes_do_not_conflict,
 );
@@ -890,11 +891,45 @@ async fn every_mutation_publishes_a_snapshot(mut app: TestApp) {
     assert_eq!(app.take_snapshots().len(), 2);
 }
 
+/// A fresh database adopts a well-formed token from the data dir instead of minting one, and
+/// refuses anything that does not look like a token.
+async fn a_fresh_database_adopts_the_token_file(app: TestApp) {
+    let db = &app.db.db;
+    let existing = "atk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    assert!(admin_tokens::ensure_bootstrap(db, Some("garbage"))
+        .await
+        .unwrap()
+        .is_some_and(|t| t.plaintext != "garbage"));
+    let other = TestApp::new(app.db.backend).await;
+    let adopted = admin_tokens::ensure_bootstrap(&other.db.db, Some(existing))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(adopted.plaintext, existing);
+    assert_eq!(
+        admin_tokens::authenticate(&other.db.db, existing)
+            .await
+            .unwrap(),
+        Some(adopted.id)
+    );
+}
+
 async fn admin_token_is_bootstrapped_once(app: TestApp) {
     let db = &app.db.db;
-    let token = admin_tokens::ensure_bootstrap(db).await.unwrap().unwrap();
+    let token = admin_tokens::ensure_bootstrap(db, None)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(token.plaintext.starts_with("atk_"));
-    assert!(admin_tokens::ensure_bootstrap(db).await.unwrap().is_none());
+    assert!(admin_tokens::ensure_bootstrap(db, None)
+        .await
+        .unwrap()
+        .is_none());
+    // Once a token exists, a token file offered for adoption is ignored.
+    assert!(admin_tokens::ensure_bootstrap(db, Some(&token.plaintext))
+        .await
+        .unwrap()
+        .is_none());
     assert_eq!(
         admin_tokens::authenticate(db, &token.plaintext)
             .await

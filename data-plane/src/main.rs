@@ -40,6 +40,7 @@ fn init_tracing() {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_filter(airlock_data_plane::hide_pingora_debug_logs()),
         )
         .init();

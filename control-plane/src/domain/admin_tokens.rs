@@ -47,9 +47,26 @@ fn generate_plaintext() -> String {
     format!("{TOKEN_MARKER}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// Whether `text` has the shape of an admin token.
+pub fn is_well_formed(text: &str) -> bool {
+    text.strip_prefix(TOKEN_MARKER).is_some_and(|rest| {
+        rest.len() == 43
+            && rest
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
 /// Create a named admin token.
 pub async fn create(db: &DatabaseConnection, name: &str) -> Result<NewAdminToken, AppError> {
-    let plaintext = generate_plaintext();
+    insert(db, name, generate_plaintext()).await
+}
+
+async fn insert(
+    db: &DatabaseConnection,
+    name: &str,
+    plaintext: String,
+) -> Result<NewAdminToken, AppError> {
     let txn = begin_write(db).await?;
     let model = admin_token::ActiveModel {
         id: Set(Uuid::new_v4()),
@@ -70,11 +87,22 @@ pub async fn create(db: &DatabaseConnection, name: &str) -> Result<NewAdminToken
 /// On first start (no admin token at all), create the bootstrap token and return it; `None`
 /// when a token already exists. Two replicas starting together cannot both create one: the
 /// name is unique, and the loser gets `None`.
-pub async fn ensure_bootstrap(db: &DatabaseConnection) -> Result<Option<NewAdminToken>, AppError> {
+///
+/// `adopt` is the token already in the data dir's token file, if any: a fresh database adopts
+/// it instead of minting a new one, so that pointing a second database at the same data dir
+/// never replaces (and so locks out) the token another database still knows.
+pub async fn ensure_bootstrap(
+    db: &DatabaseConnection,
+    adopt: Option<&str>,
+) -> Result<Option<NewAdminToken>, AppError> {
     if admin_token::Entity::find().count(db).await? > 0 {
         return Ok(None);
     }
-    match create(db, BOOTSTRAP_NAME).await {
+    let plaintext = match adopt {
+        Some(token) if is_well_formed(token) => token.to_string(),
+        _ => generate_plaintext(),
+    };
+    match insert(db, BOOTSTRAP_NAME, plaintext).await {
         Ok(token) => Ok(Some(token)),
         Err(AppError::AlreadyExists { .. }) => Ok(None),
         Err(other) => Err(other),
@@ -110,5 +138,8 @@ mod tests {
         };
         assert!(!format!("{token:?}").contains(&a));
         assert_eq!(token_hash(&a).len(), 64);
+        assert!(is_well_formed(&a));
+        assert!(!is_well_formed("atk_short"));
+        assert!(!is_well_formed(&format!("{a}\n")));
     }
 }
