@@ -26,6 +26,21 @@ ensure_test_peers() {
     fi
     command -v psql >/dev/null || apt_install postgresql-client
     command -v cargo-nextest >/dev/null || true
+    ensure_oidc_provider
+}
+
+# OpenID Connect / OAuth 2 test peer: oidc-provider (npm) under Node.js, in e2e/oidc-provider.
+# Reinstalled from package-lock.json when node_modules is missing or older than the lock file.
+ensure_oidc_provider() {
+    local dir
+    dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/e2e/oidc-provider"
+    command -v node >/dev/null || apt_install nodejs npm
+    command -v npm >/dev/null || apt_install npm
+    if [ ! -d "$dir/node_modules" ] \
+        || [ "$dir/package-lock.json" -nt "$dir/node_modules/.package-lock.json" ]; then
+        [ "${AIRLOCK_SKIP_INSTALL:-}" = 1 ] && { echo "missing: $dir/node_modules (npm ci)" >&2; return 1; }
+        (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    fi
 }
 
 # Redis and PostgreSQL on 127.0.0.1, started if installed but not running, installed if absent.

@@ -17,6 +17,9 @@ pub enum AppError {
     /// No admin token, or one the database does not know.
     #[error("a valid admin token is required (Authorization: Bearer <token>)")]
     Unauthenticated,
+    /// Authenticated, but the caller's roles do not allow this here.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
     /// An input field failed validation. `field` is its GraphQL name.
     #[error("{field}: {message}")]
     InvalidInput {
@@ -49,6 +52,11 @@ impl AppError {
         }
     }
 
+    /// Shorthand for [`AppError::Forbidden`].
+    pub fn forbidden(message: &'static str) -> Self {
+        Self::Forbidden(message)
+    }
+
     /// Shorthand for [`AppError::Internal`].
     pub fn internal(error: impl Into<anyhow::Error>) -> Self {
         Self::Internal(error.into())
@@ -58,6 +66,7 @@ impl AppError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::Unauthenticated => "UNAUTHENTICATED",
+            Self::Forbidden(_) => "FORBIDDEN",
             Self::InvalidInput { .. } => "INVALID_INPUT",
             Self::AlreadyExists { .. } => "ALREADY_EXISTS",
             Self::NotFound { .. } => "NOT_FOUND",
@@ -70,6 +79,7 @@ impl AppError {
     pub fn http_status(&self) -> StatusCode {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::InvalidInput { .. } | Self::Template(_) => StatusCode::BAD_REQUEST,
             Self::AlreadyExists { .. } => StatusCode::CONFLICT,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,

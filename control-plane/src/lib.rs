@@ -7,6 +7,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod authz;
 pub mod config;
 pub mod db;
 mod dev;
@@ -29,6 +31,7 @@ use axum::Router;
 use sea_orm::DatabaseConnection;
 use tokio::net::TcpListener;
 
+use crate::authz::Authz;
 use crate::config::{Config, ControlConfig, DevConfig, ServeConfig};
 use crate::domain::admin_tokens;
 use crate::events::{EventIngester, InProcessEvents, RedisEvents, RedisEventsConfig};
@@ -93,6 +96,7 @@ async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
         sealing_key: opening_key.sealing_key().clone(),
         db: db.clone(),
         public_url: config.control.public_url.clone(),
+        authz: load_authz(&db).await?,
     };
     let listener = bind(config.control.control_addr).await?;
     // The data plane reports events over a channel; they are stored like those from Redis.
@@ -138,6 +142,7 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         sealing_key: config.sealing_key.clone(),
         db: db.clone(),
         public_url: config.control.public_url.clone(),
+        authz: load_authz(&db).await?,
     };
     let environments = state.publisher.publish_all().await?;
     tracing::info!(
@@ -178,6 +183,15 @@ async fn open_database(config: &ControlConfig) -> anyhow::Result<DatabaseConnect
 }
 
 /// On first start, create the admin token and store it in `<data-dir>/admin-token` (0600).
+/// Load the role assignments, and keep them fresh with changes made by other replicas.
+async fn load_authz(db: &DatabaseConnection) -> anyhow::Result<Authz> {
+    let authz = Authz::load(db.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("loading role assignments: {}", e.detail()))?;
+    authz.spawn_periodic_reload();
+    Ok(authz)
+}
+
 async fn bootstrap_admin_token(
     db: &DatabaseConnection,
     data_dir: &Path,

@@ -3,6 +3,7 @@
 use airlock_shared::seal::SealingKey;
 use sea_orm::DatabaseConnection;
 
+use crate::authz::Authz;
 use crate::publish::ConfigPublisher;
 
 /// Cheap to clone: the database pool, the publisher and the key are all shared.
@@ -17,4 +18,6 @@ pub struct AppState {
     /// Base URL for links this control plane hands out (`AIRLOCK_PUBLIC_URL`); `None`: built
     /// from each request's `Host`.
     pub public_url: Option<String>,
+    /// Access-control decisions (role assignments loaded from `db`).
+    pub authz: Authz,
 }

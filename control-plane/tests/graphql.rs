@@ -4,10 +4,12 @@ mod common;
 
 use std::collections::BTreeMap;
 
+use airlock_control_plane::authz::{Authz, Permission, Principal, Scope};
 use airlock_control_plane::domain::admin_tokens;
+use airlock_control_plane::domain::audit::Actor;
 use airlock_shared::api_key::ApiKeyHash;
 use airlock_shared::seal::SecretIdentity;
-use common::TestApp;
+use common::{TestApp, TestDb};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -894,28 +896,29 @@ async fn every_mutation_publishes_a_snapshot(mut app: TestApp) {
 /// A fresh database adopts a well-formed token from the data dir instead of minting one, and
 /// refuses anything that does not look like a token.
 async fn a_fresh_database_adopts_the_token_file(app: TestApp) {
-    let db = &app.db.db;
     let existing = "atk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
-    assert!(admin_tokens::ensure_bootstrap(db, Some("garbage"))
+    let fresh = TestDb::new(app.db.backend).await;
+    assert!(admin_tokens::ensure_bootstrap(&fresh.db, Some("garbage"))
         .await
         .unwrap()
         .is_some_and(|t| t.plaintext != "garbage"));
-    let other = TestApp::new(app.db.backend).await;
-    let adopted = admin_tokens::ensure_bootstrap(&other.db.db, Some(existing))
+    let other = TestDb::new(app.db.backend).await;
+    let adopted = admin_tokens::ensure_bootstrap(&other.db, Some(existing))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(adopted.plaintext, existing);
-    assert_eq!(
-        admin_tokens::authenticate(&other.db.db, existing)
-            .await
-            .unwrap(),
-        Some(adopted.id)
-    );
+    let caller = admin_tokens::authenticate(&other.db, existing)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(caller.actor, Actor::AdminToken(adopted.id));
 }
 
+/// The bootstrap token is created once, holds `superadmin`, and only its hash is stored.
 async fn admin_token_is_bootstrapped_once(app: TestApp) {
-    let db = &app.db.db;
+    let fresh = TestDb::new(app.db.backend).await;
+    let db = &fresh.db;
     let token = admin_tokens::ensure_bootstrap(db, None)
         .await
         .unwrap()
@@ -930,23 +933,27 @@ async fn admin_token_is_bootstrapped_once(app: TestApp) {
         .await
         .unwrap()
         .is_none());
-    assert_eq!(
-        admin_tokens::authenticate(db, &token.plaintext)
-            .await
-            .unwrap(),
-        Some(token.id)
-    );
+    let caller = admin_tokens::authenticate(db, &token.plaintext)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(caller.principal, Principal::Token(token.id));
+    let authz = Authz::load(db.clone()).await.unwrap();
+    assert!(authz.allows(&caller.principal, Scope::PLATFORM, Permission::TenantCreate));
     assert_eq!(
         admin_tokens::authenticate(db, "atk_wrong").await.unwrap(),
         None
     );
     // Only the hash is stored.
-    let rows = app.db.all_rows_as_text().await;
+    let rows = fresh.all_rows_as_text().await;
     assert!(rows.iter().all(|r| !r.contains(&token.plaintext)));
     assert!(rows
         .iter()
         .any(|r| r.contains(&admin_tokens::token_hash(&token.plaintext))));
-    assert_eq!(app.db.row_counts().await["admin_tokens"], 1);
+    let counts = fresh.row_counts().await;
+    assert_eq!(counts["admin_tokens"], 1);
+    assert_eq!(counts["role_assignments"], 1);
+    assert_eq!(counts["audit_log"], 1);
 }
 
 async fn query_limits_are_enforced(app: TestApp) {

@@ -3,7 +3,6 @@
 
 mod common;
 
-use airlock_control_plane::domain::admin_tokens;
 use airlock_control_plane::http::MAX_BODY_BYTES;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
@@ -14,8 +13,8 @@ use tower::ServiceExt;
 
 async fn setup() -> (TestApp, String) {
     let app = TestApp::new(Backend::Sqlite).await;
-    let token = admin_tokens::create(&app.db.db, "tests").await.unwrap();
-    (app, token.plaintext)
+    let token = app.admin_token.clone();
+    (app, token)
 }
 
 fn graphql_post(token: Option<&str>, body: impl Into<Body>) -> Request<Body> {
@@ -213,10 +212,7 @@ async fn oversized_bodies_are_refused() {
 #[tokio::test]
 async fn graphql_requests_act_as_their_admin_token_and_links_use_the_host() {
     let (app, token) = setup().await;
-    let token_id = admin_tokens::authenticate(&app.db.db, &token)
-        .await
-        .unwrap()
-        .unwrap();
+    let token_id = app.admin_token_id;
     let run = |state: airlock_control_plane::state::AppState,
                host: Option<&'static str>,
                body: String| {

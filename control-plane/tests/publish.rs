@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use airlock_control_plane::domain::audit::Actor;
+use airlock_control_plane::authz::Authz;
 use airlock_control_plane::graphql::build_schema;
 use airlock_control_plane::publish::{
     ConfigPublisher, PublishError, RedisTransport, SnapshotTransport,
@@ -17,7 +17,7 @@ use airlock_shared::keys::RedisNames;
 use airlock_shared::seal::OpeningKey;
 use airlock_shared::wire::EnvironmentSnapshot;
 use async_trait::async_trait;
-use common::{Backend, TestDb, REDIS_URL};
+use common::{bootstrap_superadmin, Backend, TestDb, REDIS_URL};
 use futures::StreamExt;
 use redis::AsyncCommands;
 use serde_json::json;
@@ -108,21 +108,24 @@ async fn mutations_are_published_through_redis() {
     let transport = RedisTransport::connect(REDIS_URL, names.clone())
         .await
         .unwrap();
+    let caller = bootstrap_superadmin(&db).await;
     let state = AppState {
         db: db.db.clone(),
         sealing_key: opening_key.sealing_key().clone(),
         publisher: ConfigPublisher::new(db.db.clone(), transport),
         public_url: None,
+        authz: Authz::load(db.db.clone()).await.unwrap(),
     };
     let schema = build_schema(state);
     let run = |query: &'static str, variables: serde_json::Value| {
         let schema = schema.clone();
+        let caller = caller.clone();
         async move {
             let response = schema
                 .execute(
                     async_graphql::Request::new(query)
                         .variables(async_graphql::Variables::from_json(variables))
-                        .data(Actor::AdminToken(Uuid::new_v4())),
+                        .data(caller.clone()),
                 )
                 .await;
             assert!(response.errors.is_empty(), "{:?}", response.errors);
@@ -219,20 +222,21 @@ async fn a_failed_publish_does_not_fail_the_mutation_and_is_retried() {
         attempts: attempts.clone(),
         delivered,
     };
+    let actor = bootstrap_superadmin(&db).await;
     let state = AppState {
         db: db.db.clone(),
         sealing_key: OpeningKey::generate().sealing_key().clone(),
         publisher: ConfigPublisher::new(db.db.clone(), transport),
         public_url: None,
+        authz: Authz::load(db.db.clone()).await.unwrap(),
     };
     let schema = build_schema(state);
-    let actor = Actor::AdminToken(Uuid::new_v4());
     let tenant = schema
         .execute(
             async_graphql::Request::new(
                 "mutation { createTenant(input: {name: \"acme\"}) { id } }",
             )
-            .data(actor),
+            .data(actor.clone()),
         )
         .await;
     let tenant = tenant.data.into_json().unwrap()["createTenant"]["id"]
@@ -244,7 +248,7 @@ async fn a_failed_publish_does_not_fail_the_mutation_and_is_retried() {
             async_graphql::Request::new(format!(
                 "mutation {{ createEnvironment(input: {{tenantId: \"{tenant}\", name: \"prod\"}}) {{ id }} }}"
             ))
-            .data(actor),
+            .data(actor.clone()),
         )
         .await;
     assert!(

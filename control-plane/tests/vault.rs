@@ -688,7 +688,16 @@ async fn audit_log_pages_newest_first(mut app: TestApp) {
 
 async fn audit_record_commits_with_its_transaction(app: TestApp) {
     let db = &app.db.db;
-    let environment_id = Uuid::new_v4();
+    // Entries may name ids that no longer exist; the environment filtered on must exist.
+    let tenant_id = app.create_tenant("acme").await;
+    let environment_id: Uuid = app
+        .create_environment(&tenant_id, "prod")
+        .await
+        .parse()
+        .unwrap();
+    db.execute_unprepared("DELETE FROM audit_log")
+        .await
+        .unwrap();
     let secret_id = Uuid::new_v4();
     let entry = || {
         AuditEntry::new(
@@ -696,7 +705,7 @@ async fn audit_record_commits_with_its_transaction(app: TestApp) {
             audit::actions::SECRET_USED,
             audit::targets::SECRET,
         )
-        .tenant(Uuid::new_v4())
+        .tenant(tenant_id.parse().unwrap())
         .environment(environment_id)
         .target(secret_id, "API_TOKEN")
         .request_id("req-123")

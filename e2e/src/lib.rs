@@ -4,6 +4,8 @@
 //!
 //! The binaries must be built first (`cargo build --bins`; `scripts/test` does it).
 
+pub mod oidc;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -254,6 +256,8 @@ pub struct Airlock {
     pub admin_token: String,
     pub data_dir: tempfile::TempDir,
     pub processes: Vec<Process>,
+    /// Split mode: the Redis prefix and the data planes' sealing key file.
+    split: Option<(String, PathBuf)>,
     client: reqwest::Client,
 }
 
@@ -284,6 +288,7 @@ impl Airlock {
             admin_token,
             data_dir,
             processes: vec![process],
+            split: None,
             client: reqwest::Client::new(),
         })
     }
@@ -312,7 +317,7 @@ impl Airlock {
             .trim()
             .to_string();
 
-        let (control_port, data_port) = (free_port(), free_port());
+        let control_port = free_port();
         let mut serve = Command::new(binary("airlock"));
         serve
             .arg("serve")
@@ -328,15 +333,13 @@ impl Airlock {
         let control_url = format!("http://127.0.0.1:{control_port}");
         wait_ready(&format!("{control_url}/healthz"), &mut control).await?;
 
-        let mut dp = Command::new(binary("airlock-data-plane"));
-        dp.args(["--listen", &format!("127.0.0.1:{data_port}")])
-            .env("REDIS_URL", "redis://127.0.0.1:6379")
-            .env("AIRLOCK_REDIS_PREFIX", redis_prefix)
-            .env("AIRLOCK_SEAL_KEY_FILE", &key_file)
-            .env("RUST_LOG", "debug");
-        let mut data = Process::spawn("airlock-data-plane", dp, data_dir.path())?;
-        let data_url = format!("http://127.0.0.1:{data_port}");
-        wait_ready(&format!("{data_url}/healthz"), &mut data).await?;
+        let (data, data_url) = start_data_plane(
+            "airlock-data-plane",
+            data_dir.path(),
+            redis_prefix,
+            &key_file,
+        )
+        .await?;
 
         let admin_token = read_token(&data_dir.path().join("state"))?;
         Ok(Self {
@@ -345,8 +348,39 @@ impl Airlock {
             admin_token,
             data_dir,
             processes: vec![control, data],
+            split: Some((redis_prefix.to_string(), key_file)),
             client: reqwest::Client::new(),
         })
+    }
+
+    /// Split mode: start one more data plane on the same Redis; returns its URL.
+    pub async fn add_data_plane(&mut self) -> Result<String> {
+        let (prefix, key_file) = self
+            .split
+            .clone()
+            .context("only split mode has separate data planes")?;
+        let name = format!("airlock-data-plane-{}", self.processes.len());
+        let (process, url) =
+            start_data_plane(&name, self.data_dir.path(), &prefix, &key_file).await?;
+        self.processes.push(process);
+        Ok(url)
+    }
+
+    /// `POST /v1/functions/{name}/invoke` on the data plane at `data_url`.
+    pub async fn invoke_at(
+        &self,
+        data_url: &str,
+        function: &str,
+        key: &str,
+        args: Value,
+    ) -> Result<reqwest::Response> {
+        Ok(self
+            .client
+            .post(format!("{data_url}/v1/functions/{function}/invoke"))
+            .bearer_auth(key)
+            .json(&args)
+            .send()
+            .await?)
     }
 
     /// Run a GraphQL operation with the admin token; returns the whole response body.
@@ -415,9 +449,77 @@ impl Airlock {
     }
 }
 
+/// Start `airlock-data-plane` on a free port, fed from Redis under `prefix`.
+async fn start_data_plane(
+    name: &str,
+    log_dir: &Path,
+    prefix: &str,
+    key_file: &Path,
+) -> Result<(Process, String)> {
+    let port = free_port();
+    let mut command = Command::new(binary("airlock-data-plane"));
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("REDIS_URL", "redis://127.0.0.1:6379")
+        .env("AIRLOCK_REDIS_PREFIX", prefix)
+        .env("AIRLOCK_SEAL_KEY_FILE", key_file)
+        .env("RUST_LOG", "debug");
+    let mut process = Process::spawn(name, command, log_dir)?;
+    let url = format!("http://127.0.0.1:{port}");
+    wait_ready(&format!("{url}/readyz"), &mut process).await?;
+    Ok((process, url))
+}
+
 fn read_token(data_dir: &Path) -> Result<String> {
     let path = data_dir.join("admin-token");
     let token =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     Ok(token.trim().to_string())
+}
+
+/// Every key and value Airlock keeps in Redis under `prefix` (strings, hashes, streams),
+/// concatenated, for canary scans; then deletes those keys. Returns an error on an unknown type.
+pub async fn take_redis_contents(prefix: &str) -> Result<(usize, Vec<u8>)> {
+    let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await?;
+    let mut contents = Vec::new();
+    for key in &keys {
+        let kind: String = redis::cmd("TYPE").arg(key).query_async(&mut conn).await?;
+        let command = match kind.as_str() {
+            "string" => redis::cmd("GET").arg(key).clone(),
+            "hash" => redis::cmd("HGETALL").arg(key).clone(),
+            "stream" => redis::cmd("XRANGE").arg(key).arg("-").arg("+").clone(),
+            other => bail!("unexpected Redis type {other} for {key}"),
+        };
+        let value: redis::Value = command.query_async(&mut conn).await?;
+        contents.extend_from_slice(key.as_bytes());
+        contents.extend_from_slice(&redis_bytes(&value));
+    }
+    if !keys.is_empty() {
+        redis::cmd("DEL")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    Ok((keys.len(), contents))
+}
+
+/// Every string inside a Redis reply, concatenated.
+fn redis_bytes(value: &redis::Value) -> Vec<u8> {
+    match value {
+        redis::Value::BulkString(bytes) => bytes.clone(),
+        redis::Value::SimpleString(text) => text.clone().into_bytes(),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            items.iter().flat_map(redis_bytes).collect()
+        }
+        redis::Value::Map(pairs) => pairs
+            .iter()
+            .flat_map(|(k, v)| [redis_bytes(k), redis_bytes(v)].concat())
+            .collect(),
+        _ => Vec::new(),
+    }
 }

@@ -512,22 +512,6 @@ async fn run_all(airlock: &mut Airlock, httpbin: &Httpbin) -> Result<Vec<String>
     ])
 }
 
-/// Every string inside a Redis reply, concatenated.
-fn redis_bytes(value: &redis::Value) -> Vec<u8> {
-    match value {
-        redis::Value::BulkString(bytes) => bytes.clone(),
-        redis::Value::SimpleString(text) => text.clone().into_bytes(),
-        redis::Value::Array(items) | redis::Value::Set(items) => {
-            items.iter().flat_map(redis_bytes).collect()
-        }
-        redis::Value::Map(pairs) => pairs
-            .iter()
-            .flat_map(|(k, v)| [redis_bytes(k), redis_bytes(v)].concat())
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
 fn assert_no_canary(haystack: &[u8], canaries: &[String], place: &str) {
     for canary in canaries {
         assert!(
@@ -632,43 +616,9 @@ async fn split_mode_over_redis_and_postgres() -> Result<()> {
 
     // Every Redis key and value of this installation, and a dump of the whole database,
     // hold no secret value or API key in plaintext.
-    let client = redis::Client::open("redis://127.0.0.1:6379")?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await?;
-    let mut redis_dump = Vec::new();
-    for key in &keys {
-        let kind: String = redis::cmd("TYPE").arg(key).query_async(&mut conn).await?;
-        let value: Vec<u8> = match kind.as_str() {
-            "string" => redis::cmd("GET").arg(key).query_async(&mut conn).await?,
-            "hash" => redis::cmd("HGETALL")
-                .arg(key)
-                .query_async::<Vec<Vec<u8>>>(&mut conn)
-                .await?
-                .concat(),
-            // The events stream: every field of every entry.
-            "stream" => redis::cmd("XRANGE")
-                .arg(key)
-                .arg("-")
-                .arg("+")
-                .query_async::<redis::Value>(&mut conn)
-                .await
-                .map(|v| redis_bytes(&v))?,
-            other => panic!("unexpected Redis type {other} for {key}"),
-        };
-        redis_dump.extend_from_slice(key.as_bytes());
-        redis_dump.extend_from_slice(&value);
-    }
-    if !keys.is_empty() {
-        redis::cmd("DEL")
-            .arg(&keys)
-            .query_async::<()>(&mut conn)
-            .await?;
-    }
+    let (keys, redis_dump) = airlock_e2e::take_redis_contents(&prefix).await?;
     let canaries = result?;
-    assert!(!keys.is_empty(), "no snapshot was published to Redis");
+    assert!(keys > 0, "no snapshot was published to Redis");
     assert_no_canary(&redis_dump, &canaries, "Redis");
     let dump = std::process::Command::new("pg_dump")
         .args(["-h", "127.0.0.1", "-U", "postgres", "--data-only", &db.name])

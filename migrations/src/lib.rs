@@ -22,6 +22,7 @@ mod m20260410_000001_create_events;
 mod m20260411_000001_create_audit_log;
 mod m20260411_000002_add_secret_hosts_and_version_actors;
 mod m20260411_000003_create_provisioning_links;
+mod m20261203_000001_create_users_and_roles;
 
 /// Applies the Airlock schema: `Migrator::up(&db, None)`.
 pub struct Migrator;
@@ -41,6 +42,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260411_000001_create_audit_log::Migration),
             Box::new(m20260411_000002_add_secret_hosts_and_version_actors::Migration),
             Box::new(m20260411_000003_create_provisioning_links::Migration),
+            Box::new(m20261203_000001_create_users_and_roles::Migration),
         ]
     }
 }

@@ -119,6 +119,10 @@ pub mod actions {
     pub const PROVISIONING_LINK_CREATE: &str = "provisioning_link.create";
     pub const PROVISIONING_LINK_REVOKE: &str = "provisioning_link.revoke";
     pub const PROVISIONING_LINK_USE: &str = "provisioning_link.use";
+    pub const ROLE_GRANT: &str = "role.grant";
+    pub const ROLE_REVOKE: &str = "role.revoke";
+    pub const ADMIN_TOKEN_CREATE: &str = "admin_token.create";
+    pub const ADMIN_TOKEN_REVOKE: &str = "admin_token.revoke";
 }
 
 /// Target type names.
@@ -129,6 +133,8 @@ pub mod targets {
     pub const API_KEY: &str = "api_key";
     pub const SECRET: &str = "secret";
     pub const PROVISIONING_LINK: &str = "provisioning_link";
+    pub const ROLE_ASSIGNMENT: &str = "role_assignment";
+    pub const ADMIN_TOKEN: &str = "admin_token";
 }
 
 /// One entry to record. Build it with [`AuditEntry::new`] and the setters, or as a literal.

@@ -15,6 +15,7 @@ pub mod functions;
 pub mod names;
 pub mod provisioning;
 pub mod reseal;
+pub mod roles;
 pub mod secrets;
 pub mod snapshot;
 pub mod tenants;
@@ -58,7 +59,7 @@ pub(crate) fn insert_error(error: DbErr, kind: &'static str, name: &str) -> AppE
 }
 
 /// The error for an id that names no row.
-pub(crate) fn not_found(kind: &'static str, id: Uuid) -> AppError {
+pub fn not_found(kind: &'static str, id: Uuid) -> AppError {
     AppError::NotFound {
         kind,
         id: id.to_string(),

@@ -8,6 +8,8 @@ pub mod environment;
 pub mod event;
 pub mod function;
 pub mod provisioning_link;
+pub mod role_assignment;
 pub mod secret;
 pub mod secret_version;
 pub mod tenant;
+pub mod user;

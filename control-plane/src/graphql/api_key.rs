@@ -5,6 +5,8 @@ use async_graphql::{Context, InputObject, Object, Result, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 
 use super::{actor, parse_id, state, to_id};
+use crate::authz::guard::{Can, Target};
+use crate::authz::Permission;
 use crate::domain::api_keys;
 use crate::error::GraphqlResultExt;
 
@@ -67,6 +69,7 @@ pub struct ApiKeyQuery;
 #[Object]
 impl ApiKeyQuery {
     /// API keys of an environment, by name. `NOT_FOUND` if the environment is unknown.
+    #[graphql(guard = "Can::new(Permission::ApiKeyRead, Target::environment(&environment_id))")]
     async fn api_keys(&self, ctx: &Context<'_>, environment_id: ID) -> Result<Vec<ApiKey>> {
         let environment_id = parse_id("environmentId", &environment_id).gql()?;
         let keys = api_keys::list(&state(ctx).db, environment_id).await.gql()?;
@@ -81,6 +84,9 @@ pub struct ApiKeyMutation;
 #[Object]
 impl ApiKeyMutation {
     /// Create an API key. It works against the data planes when this returns.
+    #[graphql(
+        guard = "Can::new(Permission::ApiKeyWrite, Target::environment(&input.environment_id))"
+    )]
     async fn create_api_key(
         &self,
         ctx: &Context<'_>,

@@ -4,6 +4,8 @@ use async_graphql::{Context, Enum, InputObject, Object, Result, SimpleObject, ID
 use chrono::{DateTime, Utc};
 
 use super::{parse_id, state, to_id};
+use crate::authz::guard::{Can, Target};
+use crate::authz::Permission;
 use crate::domain::audit::{self, AuditFilter};
 use crate::error::GraphqlResultExt;
 
@@ -112,6 +114,16 @@ pub struct AuditLogFilter {
     pub target_id: Option<ID>,
 }
 
+impl AuditLogFilter {
+    /// What the guard checks: the filter's environment, else its tenant, else the platform.
+    pub fn target(filter: &Option<AuditLogFilter>) -> Target {
+        Target::Filter {
+            tenant: filter.as_ref().and_then(|f| f.tenant_id.clone()),
+            environment: filter.as_ref().and_then(|f| f.environment_id.clone()),
+        }
+    }
+}
+
 /// A page of audit entries, newest first.
 #[derive(SimpleObject)]
 pub struct AuditLogPage {
@@ -128,6 +140,7 @@ pub struct AuditQuery;
 impl AuditQuery {
     /// Audit entries, newest first. `first`: 1-500 (default 50). `after`: the `nextCursor`
     /// of the previous page.
+    #[graphql(guard = "Can::new(Permission::AuditRead, AuditLogFilter::target(&filter))")]
     async fn audit_log(
         &self,
         ctx: &Context<'_>,

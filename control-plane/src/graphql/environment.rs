@@ -4,6 +4,8 @@ use async_graphql::{Context, InputObject, Object, Result, ID};
 use chrono::{DateTime, Utc};
 
 use super::{actor, parse_id, state, to_id};
+use crate::authz::guard::{caller, Can, Target};
+use crate::authz::{Permission, Scope};
 use crate::domain::environments;
 use crate::entity::environment;
 use crate::error::GraphqlResultExt;
@@ -46,12 +48,35 @@ pub struct EnvironmentQuery;
 
 #[Object]
 impl EnvironmentQuery {
-    /// Environments of a tenant, by name. `NOT_FOUND` if the tenant is unknown.
+    /// Environments of a tenant the caller may read, by name. `NOT_FOUND` if the tenant is
+    /// unknown.
+    #[graphql(guard = "Can::see(Target::tenant(&tenant_id))")]
     async fn environments(&self, ctx: &Context<'_>, tenant_id: ID) -> Result<Vec<Environment>> {
         let tenant_id = parse_id("tenantId", &tenant_id).gql()?;
         let environments = environments::list(&state(ctx).db, tenant_id).await.gql()?;
-        Ok(environments.into_iter().map(Environment).collect())
+        readable(ctx, environments)
     }
+}
+
+/// The environments among `environments` the caller may read (a role granted on one
+/// environment shows that one only).
+pub(crate) fn readable(
+    ctx: &Context<'_>,
+    environments: Vec<environment::Model>,
+) -> Result<Vec<Environment>> {
+    let caller = caller(ctx).gql()?;
+    let authz = &state(ctx).authz;
+    Ok(environments
+        .into_iter()
+        .filter(|e| {
+            authz.allows(
+                &caller.principal,
+                Scope::environment(e.tenant_id, e.id),
+                Permission::EnvironmentRead,
+            )
+        })
+        .map(Environment)
+        .collect())
 }
 
 /// Environment mutations.
@@ -61,6 +86,7 @@ pub struct EnvironmentMutation;
 #[Object]
 impl EnvironmentMutation {
     /// Create an environment. Its (empty) config is live in the data planes when this returns.
+    #[graphql(guard = "Can::new(Permission::EnvironmentWrite, Target::tenant(&input.tenant_id))")]
     async fn create_environment(
         &self,
         ctx: &Context<'_>,

@@ -6,6 +6,8 @@ use async_graphql::{Context, InputObject, Object, Result, ID};
 use chrono::{DateTime, Utc};
 
 use super::{parse_id, state, to_id};
+use crate::authz::guard::{Can, Target};
+use crate::authz::Permission;
 use crate::domain::events::{self, EventCursor, EventFilter as DomainFilter};
 use crate::error::{AppError, GraphqlResultExt};
 
@@ -90,6 +92,14 @@ pub struct EventFilter {
 }
 
 impl EventFilter {
+    /// What the guard checks: the filter's environment, else its tenant, else the platform.
+    pub fn target(filter: &Option<EventFilter>) -> Target {
+        Target::Filter {
+            tenant: filter.as_ref().and_then(|f| f.tenant_id.clone()),
+            environment: filter.as_ref().and_then(|f| f.environment_id.clone()),
+        }
+    }
+
     fn parse(self) -> Result<DomainFilter, AppError> {
         let kind = match self.kind {
             Some(name) => Some(events::kind_from_name(&name).ok_or_else(|| {
@@ -126,6 +136,7 @@ pub struct EventQuery;
 impl EventQuery {
     /// Events reported by data planes, newest first. Page forward with `first` (1 to 500)
     /// and `after` (a cursor from `pageInfo.endCursor` or an edge).
+    #[graphql(guard = "Can::new(Permission::EventRead, EventFilter::target(&filter))")]
     async fn events(
         &self,
         ctx: &Context<'_>,

@@ -5,6 +5,8 @@ use async_graphql::{Context, InputObject, Object, Result, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 
 use super::{actor, parse_id, state, to_id};
+use crate::authz::guard::{Can, Target};
+use crate::authz::Permission;
 use crate::domain::functions::{self, NewFunction};
 use crate::error::{AppError, GraphqlResultExt};
 
@@ -110,6 +112,7 @@ pub struct FunctionQuery;
 #[Object]
 impl FunctionQuery {
     /// Functions of a tenant, by name. `NOT_FOUND` if the tenant is unknown.
+    #[graphql(guard = "Can::new(Permission::FunctionRead, Target::tenant(&tenant_id))")]
     async fn functions(&self, ctx: &Context<'_>, tenant_id: ID) -> Result<Vec<Function>> {
         let tenant_id = parse_id("tenantId", &tenant_id).gql()?;
         let functions = functions::list(&state(ctx).db, tenant_id).await.gql()?;
@@ -126,6 +129,7 @@ impl FunctionMutation {
     /// Define a function. Its templates are checked exactly as the data plane compiles them;
     /// template errors carry their own codes (`TEMPLATE_MALFORMED`, `INVALID_URL`...). The
     /// function is live in every environment of the tenant when this returns.
+    #[graphql(guard = "Can::new(Permission::FunctionWrite, Target::tenant(&input.tenant_id))")]
     async fn create_function(
         &self,
         ctx: &Context<'_>,

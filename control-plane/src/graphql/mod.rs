@@ -1,12 +1,14 @@
 //! The GraphQL API: one module per domain, merged at the root. Resolvers are thin: parse ids,
 //! call `crate::domain`, publish the changed config, wrap the result.
 
+pub mod admin_token;
 pub mod api_key;
 pub mod audit;
 pub mod environment;
 pub mod event;
 pub mod function;
 pub mod provisioning;
+pub mod role;
 pub mod secret;
 pub mod tenant;
 
@@ -42,6 +44,8 @@ pub struct QueryRoot(
     audit::AuditQuery,
     provisioning::ProvisioningQuery,
     event::EventQuery,
+    role::RoleQuery,
+    admin_token::AdminTokenQuery,
 );
 
 /// Every mutation.
@@ -54,6 +58,8 @@ pub struct MutationRoot(
     secret::SecretMutation,
     api_key::ApiKeyMutation,
     provisioning::ProvisioningMutation,
+    role::RoleMutation,
+    admin_token::AdminTokenMutation,
 );
 
 /// Build the schema over `state`, with depth, complexity, recursion and directive limits
@@ -73,17 +79,15 @@ pub fn build_schema(state: AppState) -> AppSchema {
 }
 
 /// The application state every resolver works with. `build_schema` always provides it.
-pub(crate) fn state<'a>(ctx: &Context<'a>) -> &'a AppState {
+pub fn state<'a>(ctx: &Context<'a>) -> &'a AppState {
     ctx.data_unchecked::<AppState>()
 }
 
-/// Who is making this request. The HTTP layer puts the authenticated admin token into every
-/// request's data ([`crate::http`]); a request without one (which the HTTP layer never
-/// executes) may not change anything.
+/// Who is making this request, for the audit log. The HTTP layer puts the authenticated
+/// [`Caller`](crate::authz::Caller) into every request's data ([`crate::http`]); a request
+/// without one (which the HTTP layer never executes) may not do anything.
 pub(crate) fn actor(ctx: &Context<'_>) -> Result<Actor, AppError> {
-    ctx.data_opt::<Actor>()
-        .copied()
-        .ok_or(AppError::Unauthenticated)
+    crate::authz::guard::caller(ctx).map(|caller| caller.actor)
 }
 
 /// Base URL (`scheme://authority`) of the control plane as the client reached it, taken from
@@ -93,7 +97,7 @@ pub(crate) fn actor(ctx: &Context<'_>) -> Result<Actor, AppError> {
 pub struct RequestOrigin(pub String);
 
 /// Parse an `ID` argument that must be a UUID.
-pub(crate) fn parse_id(field: &'static str, id: &ID) -> Result<Uuid, AppError> {
+pub fn parse_id(field: &'static str, id: &ID) -> Result<Uuid, AppError> {
     Uuid::parse_str(id.as_str()).map_err(|_| AppError::invalid(field, "is not a valid id"))
 }
 

@@ -6,6 +6,8 @@ use async_graphql::{Context, InputObject, Object, Result, SimpleObject, ID};
 use chrono::{DateTime, Utc};
 
 use super::{actor, parse_id, state, to_id, RequestOrigin};
+use crate::authz::guard::{Can, Target};
+use crate::authz::Permission;
 use crate::domain::audit::Actor;
 use crate::domain::provisioning::{self, NewLinkSecret};
 use crate::error::{AppError, GraphqlResultExt};
@@ -109,6 +111,9 @@ pub struct ProvisioningQuery;
 #[Object]
 impl ProvisioningQuery {
     /// Links of an environment, newest first. `NOT_FOUND` if the environment is unknown.
+    #[graphql(
+        guard = "Can::new(Permission::ProvisioningRead, Target::environment(&environment_id))"
+    )]
     async fn provisioning_links(
         &self,
         ctx: &Context<'_>,
@@ -130,6 +135,9 @@ pub struct ProvisioningMutation;
 impl ProvisioningMutation {
     /// Create a single-use link to set the named secrets of an environment. Whoever opens
     /// the URL can set those values (and nothing else) once, until it expires or is revoked.
+    #[graphql(
+        guard = "Can::new(Permission::ProvisioningWrite, Target::environment(&input.environment_id))"
+    )]
     async fn create_provisioning_link(
         &self,
         ctx: &Context<'_>,
@@ -178,6 +186,9 @@ impl ProvisioningMutation {
 
     /// Revoke a link; it can no longer be used. Revoking twice changes nothing.
     /// `NOT_FOUND` if the id is unknown.
+    #[graphql(
+        guard = "Can::new(Permission::ProvisioningWrite, Target::ProvisioningLink(\"id\", id.clone()))"
+    )]
     async fn revoke_provisioning_link(
         &self,
         ctx: &Context<'_>,

@@ -5,6 +5,8 @@ use chrono::{DateTime, Utc};
 
 use super::audit::ActorObject;
 use super::{actor, parse_id, state, to_id};
+use crate::authz::guard::{Can, Target};
+use crate::authz::Permission;
 use crate::domain::secrets::{self, SetSecret};
 use crate::error::GraphqlResultExt;
 
@@ -116,6 +118,7 @@ pub struct SecretQuery;
 impl SecretQuery {
     /// Metadata of an environment's secrets, by name. `NOT_FOUND` if the environment is
     /// unknown.
+    #[graphql(guard = "Can::new(Permission::SecretRead, Target::environment(&environment_id))")]
     async fn secrets(&self, ctx: &Context<'_>, environment_id: ID) -> Result<Vec<Secret>> {
         let environment_id = parse_id("environmentId", &environment_id).gql()?;
         let secrets = secrets::list(&state(ctx).db, environment_id).await.gql()?;
@@ -124,6 +127,7 @@ impl SecretQuery {
 
     /// Versions of a secret, newest first: metadata only. `NOT_FOUND` if the secret is
     /// unknown.
+    #[graphql(guard = "Can::new(Permission::SecretRead, Target::secret(&secret_id))")]
     async fn secret_versions(
         &self,
         ctx: &Context<'_>,
@@ -152,6 +156,9 @@ impl SecretMutation {
     /// Set a secret: stores the value, sealed, as its next version. A new secret needs
     /// `allowedHosts` (`INVALID_INPUT` on field `allowedHosts` otherwise). The new version is
     /// live in the data planes when this returns.
+    #[graphql(
+        guard = "Can::new(Permission::SecretWrite, Target::environment(&input.environment_id))"
+    )]
     async fn set_secret(&self, ctx: &Context<'_>, input: SetSecretInput) -> Result<Secret> {
         let state = state(ctx);
         let actor = actor(ctx).gql()?;
@@ -174,6 +181,7 @@ impl SecretMutation {
     }
 
     /// Replace the hosts a secret may be sent to. Live in the data planes when this returns.
+    #[graphql(guard = "Can::new(Permission::SecretWrite, Target::secret(&input.secret_id))")]
     async fn set_secret_hosts(
         &self,
         ctx: &Context<'_>,
@@ -194,6 +202,7 @@ impl SecretMutation {
 
     /// Make an earlier version current again (its value, sealed for that version, is what data
     /// planes use when this returns). `NOT_FOUND` for an unknown secret or version.
+    #[graphql(guard = "Can::new(Permission::SecretWrite, Target::secret(&input.secret_id))")]
     async fn rollback_secret(
         &self,
         ctx: &Context<'_>,
@@ -214,6 +223,7 @@ impl SecretMutation {
 
     /// Delete a secret and all of its versions; returns its id. Functions that use it fail
     /// closed (`secret_unavailable`) from when this returns.
+    #[graphql(guard = "Can::new(Permission::SecretWrite, Target::secret(&input.secret_id))")]
     async fn delete_secret(&self, ctx: &Context<'_>, input: DeleteSecretInput) -> Result<ID> {
         let state = state(ctx);
         let actor = actor(ctx).gql()?;

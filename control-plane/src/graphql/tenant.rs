@@ -6,6 +6,8 @@ use chrono::{DateTime, Utc};
 use super::environment::Environment;
 use super::function::Function;
 use super::{actor, parse_id, state, to_id};
+use crate::authz::guard::{caller, Can, Target};
+use crate::authz::Permission;
 use crate::domain::{environments, functions, tenants};
 use crate::entity::tenant;
 use crate::error::GraphqlResultExt;
@@ -30,14 +32,18 @@ impl Tenant {
     }
 
     /// Environments of the tenant, by name.
+    #[graphql(guard = "Can::see(Target::Tenant(\"id\", to_id(self.0.id)))")]
     async fn environments(&self, ctx: &Context<'_>) -> Result<Vec<Environment>> {
         let environments = environments::list_of_tenant(&state(ctx).db, self.0.id)
             .await
             .gql()?;
-        Ok(environments.into_iter().map(Environment).collect())
+        super::environment::readable(ctx, environments)
     }
 
     /// Functions of the tenant, by name.
+    #[graphql(
+        guard = "Can::new(Permission::FunctionRead, Target::Tenant(\"id\", to_id(self.0.id)))"
+    )]
     async fn functions(&self, ctx: &Context<'_>) -> Result<Vec<Function>> {
         let functions = functions::list_of_tenant(&state(ctx).db, self.0.id)
             .await
@@ -59,13 +65,21 @@ pub struct TenantQuery;
 
 #[Object]
 impl TenantQuery {
-    /// Every tenant, by name.
+    /// Every tenant the caller holds a role in (every tenant for a platform role), by name.
+    #[graphql(guard = "Can::authenticated()")]
     async fn tenants(&self, ctx: &Context<'_>) -> Result<Vec<Tenant>> {
+        let caller = caller(ctx).gql()?;
+        let visible = state(ctx).authz.visible_tenants(&caller.principal);
         let tenants = tenants::list(&state(ctx).db).await.gql()?;
-        Ok(tenants.into_iter().map(Tenant).collect())
+        Ok(tenants
+            .into_iter()
+            .filter(|t| visible.as_ref().is_none_or(|v| v.contains(&t.id)))
+            .map(Tenant)
+            .collect())
     }
 
     /// One tenant. `NOT_FOUND` if the id is unknown.
+    #[graphql(guard = "Can::see(Target::Tenant(\"id\", id.clone()))")]
     async fn tenant(&self, ctx: &Context<'_>, id: ID) -> Result<Tenant> {
         let id = parse_id("id", &id).gql()?;
         Ok(Tenant(tenants::get(&state(ctx).db, id).await.gql()?))
@@ -79,6 +93,7 @@ pub struct TenantMutation;
 #[Object]
 impl TenantMutation {
     /// Create a tenant.
+    #[graphql(guard = "Can::new(Permission::TenantCreate, Target::Platform)")]
     async fn create_tenant(&self, ctx: &Context<'_>, input: CreateTenantInput) -> Result<Tenant> {
         // A tenant has no environments yet, so there is nothing to publish.
         let actor = actor(ctx).gql()?;

@@ -10,8 +10,8 @@ use axum::response::{Html, IntoResponse, Response};
 use tracing::Instrument;
 
 use super::{HttpState, MAX_BODY_BYTES};
+use crate::authz::Caller;
 use crate::domain::admin_tokens;
-use crate::domain::audit::Actor;
 use crate::error::AppError;
 use crate::graphql::RequestOrigin;
 
@@ -30,8 +30,8 @@ pub(crate) async fn graphiql() -> Html<String> {
 /// `application/graphql-response+json`, and a request that fails before execution (parse or
 /// validation error, limits exceeded) gets 400.
 pub(crate) async fn execute(State(http): State<HttpState>, request: Request) -> Response {
-    let token_id = match authenticate(&http, request.headers()).await {
-        Ok(id) => id,
+    let caller = match authenticate(&http, request.headers()).await {
+        Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
 
@@ -55,13 +55,13 @@ pub(crate) async fn execute(State(http): State<HttpState>, request: Request) -> 
         }
     };
 
-    // The one place the caller's identity enters GraphQL: every resolver that changes
-    // something reads its actor from here (`graphql::actor`).
-    let mut graphql_request = graphql_request.data(Actor::AdminToken(token_id));
+    // The one place the caller's identity enters GraphQL: every resolver's guard
+    // (`authz::guard::Can`) and every audit entry read it from here.
+    let span = tracing::info_span!("graphql", principal = %caller.principal);
+    let mut graphql_request = graphql_request.data(caller);
     if let Some(origin) = origin {
         graphql_request = graphql_request.data(origin);
     }
-    let span = tracing::info_span!("graphql", admin_token = %token_id);
     let response = http.schema.execute(graphql_request).instrument(span).await;
     let status = if is_request_error(&response) {
         StatusCode::BAD_REQUEST
@@ -71,8 +71,8 @@ pub(crate) async fn execute(State(http): State<HttpState>, request: Request) -> 
     (status, GraphQLResponse::from(response)).into_response()
 }
 
-/// The admin token's id, from `Authorization: Bearer <token>`.
-async fn authenticate(http: &HttpState, headers: &HeaderMap) -> Result<uuid::Uuid, AppError> {
+/// The caller, from `Authorization: Bearer <admin token>`.
+async fn authenticate(http: &HttpState, headers: &HeaderMap) -> Result<Caller, AppError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

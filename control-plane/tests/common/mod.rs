@@ -7,6 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use airlock_control_plane::authz::{Authz, Caller, Principal};
+use airlock_control_plane::domain::admin_tokens;
 use airlock_control_plane::domain::audit::Actor;
 use airlock_control_plane::graphql::{build_schema, AppSchema, RequestOrigin};
 use airlock_control_plane::publish::{ConfigPublisher, InProcessTransport};
@@ -34,6 +36,8 @@ pub const TABLES: &[&str] = &[
     "events",
     "audit_log",
     "provisioning_links",
+    "users",
+    "role_assignments",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,6 +220,19 @@ impl Drop for TestDb {
     }
 }
 
+/// Create the bootstrap token (a superadmin) in `db`; returns the caller it authenticates as.
+/// Load [`Authz`] after this.
+pub async fn bootstrap_superadmin(db: &TestDb) -> Caller {
+    let token = admin_tokens::ensure_bootstrap(&db.db, None)
+        .await
+        .unwrap()
+        .unwrap();
+    Caller {
+        actor: Actor::AdminToken(token.id),
+        principal: Principal::Token(token.id),
+    }
+}
+
 /// A schema over a test database, publishing in-process to `snapshots`.
 pub struct TestApp {
     pub db: TestDb,
@@ -224,8 +241,10 @@ pub struct TestApp {
     pub snapshots: UnboundedReceiver<EnvironmentSnapshot>,
     /// The data planes' key: tests may open what the control plane sealed.
     pub opening_key: OpeningKey,
-    /// The admin token every operation runs as (as the HTTP layer would set it).
+    /// The bootstrap admin token (a superadmin) every operation runs as, unless a test
+    /// picks another caller.
     pub admin_token_id: uuid::Uuid,
+    pub admin_token: String,
 }
 
 /// Base URL `TestApp` operations appear to arrive at (their `Host`).
@@ -252,11 +271,23 @@ impl TestApp {
                 }
             }
         });
+        // The bootstrap token, a superadmin, as on first start.
+        let bootstrap = admin_tokens::ensure_bootstrap(&db.db, None)
+            .await
+            .unwrap()
+            .unwrap();
+        // Tests count audit entries from an empty log; the bootstrap's own entry is checked
+        // by `admin_token_is_bootstrapped_once`.
+        db.db
+            .execute_unprepared("DELETE FROM audit_log")
+            .await
+            .unwrap();
         let state = AppState {
             db: db.db.clone(),
             sealing_key: opening_key.sealing_key().clone(),
             publisher: ConfigPublisher::new(db.db.clone(), InProcessTransport::new(sender)),
             public_url: None,
+            authz: Authz::load(db.db.clone()).await.unwrap(),
         };
         Self {
             schema: build_schema(state.clone()),
@@ -264,16 +295,34 @@ impl TestApp {
             db,
             snapshots,
             opening_key,
-            // No row: the audit log and link records name the token by id only.
-            admin_token_id: uuid::Uuid::new_v4(),
+            admin_token_id: bootstrap.id,
+            admin_token: bootstrap.plaintext.clone(),
         }
     }
 
-    /// Execute an operation as the admin token `admin_token_id`, arriving at [`TEST_ORIGIN`].
+    /// Execute an operation as the bootstrap token, arriving at [`TEST_ORIGIN`].
     pub async fn exec(&self, query: &str, variables: Value) -> async_graphql::Response {
+        self.exec_as(&self.superadmin(), query, variables).await
+    }
+
+    /// The caller the bootstrap token authenticates as.
+    pub fn superadmin(&self) -> Caller {
+        Caller {
+            actor: Actor::AdminToken(self.admin_token_id),
+            principal: Principal::Token(self.admin_token_id),
+        }
+    }
+
+    /// Execute an operation as `caller`, arriving at [`TEST_ORIGIN`].
+    pub async fn exec_as(
+        &self,
+        caller: &Caller,
+        query: &str,
+        variables: Value,
+    ) -> async_graphql::Response {
         let request = async_graphql::Request::new(query)
             .variables(async_graphql::Variables::from_json(variables))
-            .data(Actor::AdminToken(self.admin_token_id))
+            .data(caller.clone())
             .data(RequestOrigin(TEST_ORIGIN.to_string()));
         self.schema.execute(request).await
     }

@@ -11,8 +11,10 @@
 //!   alignments, so the value is also found inside a longer base64 text (`Basic
 //!   base64(user:value)`, a JWT payload...);
 //! - percent-encoded: as the template encodes URL components (RFC 3986 unreserved kept),
-//!   form-encoded (`+` for space), as `encodeURIComponent` does, and with `+` for space in
-//!   component encoding;
+//!   form-encoded (`+` for space), as `encodeURIComponent` does, with `+` for space in
+//!   component encoding, as Python's `quote` does (`/` kept: how werkzeug and others print
+//!   the URL they received), as an RFC 3986 path (`pchar` kept), and with the WHATWG URL
+//!   standard's query and path sets;
 //! - JSON-escaped: minimally (as the template and serde do), ASCII-only (`\u00e9`, as Python
 //!   does), HTML-safe (`\u003c`, as Go does) and with `\/` (as PHP does).
 //!
@@ -51,8 +53,8 @@
 //!
 //! ## Limits
 //!
-//! Forms not listed above (hex, other compressions, a value re-encoded twice, or transformed
-//! beyond ASCII case) are not recognised. Trailers are not forwarded at all. The headers of a
+//! Forms not listed above (hex, other compressions, a value re-encoded twice, other mixes of
+//! raw and percent-encoded characters, or transformed beyond ASCII case) are not recognised. Trailers are not forwarded at all. The headers of a
 //! redacted response lose `content-length` and `accept-ranges`, and a strong `etag` is
 //! weakened; a `206` response's `content-range` is left as the upstream sent it. The
 //! automaton's memory holds the forms and is not zeroized when a snapshot is replaced (secret
@@ -102,6 +104,49 @@ const URI_COMPONENT_JS: &AsciiSet = &COMPONENT
     .remove(b'(')
     .remove(b')');
 
+/// Python's `urllib.parse.quote` (default `safe='/'`), which many servers use to print the
+/// URL they received: the component set with `/` kept.
+const PATH_QUOTE: &AsciiSet = &COMPONENT.remove(b'/');
+
+/// RFC 3986 `pchar` plus `/`: unreserved, sub-delims, `:` and `@` kept (paths as URL
+/// libraries normalize them).
+const PCHAR: &AsciiSet = &PATH_QUOTE
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@');
+
+/// The WHATWG URL standard's query percent-encode set (special schemes): what browsers and
+/// WHATWG URL parsers leave of a query.
+const WHATWG_QUERY: &AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'\'');
+
+/// The WHATWG URL standard's path percent-encode set.
+const WHATWG_PATH: &AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
 /// Every form in which `value` is searched for (see the module docs), without duplicates.
 /// Empty when the value is shorter than [`MIN_SEARCH_LEN`].
 pub fn encoded_forms(value: &str) -> Vec<Zeroizing<Vec<u8>>> {
@@ -138,9 +183,15 @@ pub fn encoded_forms(value: &str) -> Vec<Zeroizing<Vec<u8>>> {
             .to_string()
             .replace("%20", "+"),
     ));
-    add(Zeroizing::new(
-        utf8_percent_encode(value, URI_COMPONENT_JS).to_string(),
-    ));
+    for set in [
+        URI_COMPONENT_JS,
+        PATH_QUOTE,
+        PCHAR,
+        WHATWG_QUERY,
+        WHATWG_PATH,
+    ] {
+        add(Zeroizing::new(utf8_percent_encode(value, set).to_string()));
+    }
 
     for ascii_only in [false, true] {
         for html_safe in [false, true] {
@@ -838,6 +889,11 @@ mod tests {
             utf8_percent_encode(VALUE, FORM)
                 .to_string()
                 .replace("%20", "+"),
+            // Python's quote() (werkzeug's request.url); an RFC 3986 path and the WHATWG
+            // query and path sets (the same for this value). Spelled out, not computed with
+            // the sets under test.
+            "sk-live-Zq9/x%2BY%3D%26%C3%BC%20%22k%22%3C1%3E".to_string(),
+            "sk-live-Zq9/x+Y=&%C3%BC%20%22k%22%3C1%3E".to_string(),
             json_minimal[1..json_minimal.len() - 1].to_string(),
             // Python's json.dumps (ASCII only), Go's encoding/json (HTML-safe), PHP (`\/`).
             r#"sk-live-Zq9/x+Y=&\u00fc \"k\"<1>"#.to_string(),
