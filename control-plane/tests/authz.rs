@@ -50,6 +50,8 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("rollbackSecret", &["owner", "admin", "provisioner"]),
     ("deleteSecret", &["owner", "admin", "provisioner"]),
     ("createApiKey", &["owner", "admin", "developer"]),
+    ("rotateApiKey", &["owner", "admin", "developer"]),
+    ("revokeApiKey", &["owner", "admin", "developer"]),
     ("createProvisioningLink", &["owner", "admin"]),
     ("revokeProvisioningLink", &["owner", "admin"]),
     ("grantRole", &["owner", "admin"]),
@@ -66,6 +68,7 @@ struct Fixture {
     secret: String,
     link: String,
     assignment: String,
+    api_key: String,
 }
 
 impl Fixture {
@@ -95,12 +98,22 @@ impl Fixture {
             .as_str()
             .unwrap()
             .to_string();
+        let api_key = app
+            .ok(
+                "mutation($e: ID!, $n: String!) { createApiKey(input: {environmentId: $e, name: $n, functions: [\"*\"]}) { apiKey { id } } }",
+                json!({ "e": environment, "n": format!("k_{}", Uuid::new_v4().simple()) }),
+            )
+            .await["createApiKey"]["apiKey"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         Fixture {
             tenant: tenant.to_string(),
             environment: environment.to_string(),
             secret,
             link,
             assignment,
+            api_key,
         }
     }
 
@@ -113,16 +126,18 @@ impl Fixture {
             secret: id(),
             link: id(),
             assignment: id(),
+            api_key: id(),
         }
     }
 
-    fn ids(&self) -> [&str; 5] {
+    fn ids(&self) -> [&str; 6] {
         [
             &self.tenant,
             &self.environment,
             &self.secret,
             &self.link,
             &self.assignment,
+            &self.api_key,
         ]
     }
 }
@@ -203,6 +218,14 @@ fn operation(name: &str, f: &Fixture) -> (&'static str, Value) {
         "createApiKey" => (
             "mutation($e: ID!, $n: String!) { createApiKey(input: {environmentId: $e, name: $n, functions: [\"*\"]}) { apiKey { id } } }",
             json!({ "e": f.environment, "n": format!("k_{unique}") }),
+        ),
+        "rotateApiKey" => (
+            "mutation($k: ID!) { rotateApiKey(input: {id: $k, gracePeriodSeconds: 60}) { apiKey { id } key } }",
+            json!({ "k": f.api_key }),
+        ),
+        "revokeApiKey" => (
+            "mutation($k: ID!) { revokeApiKey(id: $k) { id revokedAt } }",
+            json!({ "k": f.api_key }),
         ),
         "createProvisioningLink" => (
             "mutation($e: ID!) { createProvisioningLink(input: {environmentId: $e, secrets: [{name: \"NEW\", allowedHosts: [\"api.example.com\"]}]}) { link { id } } }",
