@@ -131,17 +131,8 @@ async fn a_key_can_expire_and_the_snapshot_says_when(mut app: TestApp) {
 
 async fn rotation_issues_a_new_key_and_shortens_the_old_one(mut app: TestApp) {
     let environment = setup(&mut app).await;
-    let data = app
-        .ok(
-            &create_api_key(),
-            json!({ "e": environment, "name": "app", "functions": ["get_user", "billing_*"] }),
-        )
-        .await;
-    let old_key = data["createApiKey"]["key"].as_str().unwrap().to_string();
-    let old_id = data["createApiKey"]["apiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (old_id, old_key) =
+        create_key(&app, &environment, "app", json!(["get_user", "billing_*"])).await;
     app.take_snapshots();
 
     let before = Utc::now();
@@ -255,28 +246,13 @@ async fn rotation_issues_a_new_key_and_shortens_the_old_one(mut app: TestApp) {
         later.timestamp_micros()
     );
 
-    let rotations = app
-        .audit_rows()
-        .await
-        .into_iter()
-        .filter(|row| row["action"] == "api_key.rotate")
-        .count();
+    let rotations = audit_count(&app, "api_key.rotate").await;
     assert_eq!(rotations, 3);
 }
 
 async fn revocation_removes_the_key_and_is_idempotent(mut app: TestApp) {
     let environment = setup(&mut app).await;
-    let data = app
-        .ok(
-            &create_api_key(),
-            json!({ "e": environment, "name": "app", "functions": ["*"] }),
-        )
-        .await;
-    let key = data["createApiKey"]["key"].as_str().unwrap().to_string();
-    let id = data["createApiKey"]["apiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (id, key) = create_key(&app, &environment, "app", json!(["*"])).await;
     app.take_snapshots();
 
     let revoked = app.ok(&revoke_api_key(), json!({ "id": id })).await["revokeApiKey"].clone();
@@ -294,12 +270,7 @@ async fn revocation_removes_the_key_and_is_idempotent(mut app: TestApp) {
     let again = app.ok(&revoke_api_key(), json!({ "id": id })).await["revokeApiKey"].clone();
     assert_eq!(time(&again["revokedAt"]), revoked_at);
     assert_eq!(app.db.row_counts().await, rows);
-    let revocations = app
-        .audit_rows()
-        .await
-        .into_iter()
-        .filter(|row| row["action"] == "api_key.revoke")
-        .count();
+    let revocations = audit_count(&app, "api_key.revoke").await;
     assert_eq!(revocations, 1);
 
     // A revoked key cannot be rotated; its name is free again.
@@ -315,17 +286,7 @@ async fn revocation_removes_the_key_and_is_idempotent(mut app: TestApp) {
     .await;
 
     // Revoking the old key of a rotation ends its grace period early.
-    let data = app
-        .ok(
-            &create_api_key(),
-            json!({ "e": environment, "name": "rotating", "functions": ["*"] }),
-        )
-        .await;
-    let old_key = data["createApiKey"]["key"].as_str().unwrap().to_string();
-    let old_id = data["createApiKey"]["apiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (old_id, old_key) = create_key(&app, &environment, "rotating", json!(["*"])).await;
     let data = app
         .ok(&rotate_api_key(), json!({ "id": old_id, "grace": 3600 }))
         .await;
@@ -359,16 +320,7 @@ async fn function_patterns_are_checked_when_saved(mut app: TestApp) {
 
 async fn bad_lifecycle_input_is_refused_and_writes_nothing(mut app: TestApp) {
     let environment = setup(&mut app).await;
-    let data = app
-        .ok(
-            &create_api_key(),
-            json!({ "e": environment, "name": "app", "functions": ["*"] }),
-        )
-        .await;
-    let id = data["createApiKey"]["apiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (id, _) = create_key(&app, &environment, "app", json!(["*"])).await;
     app.take_snapshots();
     let unknown = Uuid::new_v4().to_string();
     let past = (Utc::now() - Duration::seconds(1)).to_rfc3339();
@@ -379,7 +331,7 @@ async fn bad_lifecycle_input_is_refused_and_writes_nothing(mut app: TestApp) {
             json!({ "e": environment, "name": name, "functions": functions, "expiresAt": expires_at }),
         )
     };
-    let mut cases: Vec<(&str, (String, Value), &str, Option<&str>)> = vec![
+    let mut cases: Vec<BadCase> = vec![
         (
             "expiry in the past",
             create("late", json!(["*"]), json!(past)),
@@ -490,19 +442,18 @@ async fn bad_lifecycle_input_is_refused_and_writes_nothing(mut app: TestApp) {
     }
 }
 
+/// What was tried, the operation and its variables, the expected code and field.
+type BadCase = (
+    &'static str,
+    (String, Value),
+    &'static str,
+    Option<&'static str>,
+);
+
 async fn usage_reports_move_last_used_at_forward_without_events(mut app: TestApp) {
     let environment = setup(&mut app).await;
-    let data = app
-        .ok(
-            &create_api_key(),
-            json!({ "e": environment, "name": "app", "functions": ["*"] }),
-        )
-        .await;
-    let id: Uuid = data["createApiKey"]["apiKey"]["id"]
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let (id, _) = create_key(&app, &environment, "app", json!(["*"])).await;
+    let id: Uuid = id.parse().unwrap();
     let (sender, source) = InProcessEvents::channel();
     let ingester = EventIngester::start(app.db.db.clone(), source);
     let report = |at: DateTime<Utc>| {
@@ -545,6 +496,35 @@ async fn usage_reports_move_last_used_at_forward_without_events(mut app: TestApp
         0,
         "usage is not an event"
     );
+}
+
+/// Create a key; its id and the key.
+async fn create_key(
+    app: &TestApp,
+    environment: &str,
+    name: &str,
+    functions: Value,
+) -> (String, String) {
+    let data = app
+        .ok(
+            &create_api_key(),
+            json!({ "e": environment, "name": name, "functions": functions }),
+        )
+        .await;
+    let created = &data["createApiKey"];
+    (
+        created["apiKey"]["id"].as_str().unwrap().to_string(),
+        created["key"].as_str().unwrap().to_string(),
+    )
+}
+
+/// Audit entries with `action`.
+async fn audit_count(app: &TestApp, action: &str) -> usize {
+    app.audit_rows()
+        .await
+        .into_iter()
+        .filter(|row| row["action"] == action)
+        .count()
 }
 
 async fn last_used(app: &TestApp, environment: &str) -> Value {
