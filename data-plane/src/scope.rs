@@ -157,11 +157,21 @@ fn fn_match(name: Dynamic, pattern: Dynamic) -> Dynamic {
     grants::matches(pattern.as_str(), name.as_str()).into()
 }
 
+/// [`MODEL`], parsed once per process (each enforcer gets a copy).
+async fn parsed_model() -> casbin::Result<DefaultModel> {
+    static PARSED: OnceLock<DefaultModel> = OnceLock::new();
+    if let Some(model) = PARSED.get() {
+        return Ok(model.clone());
+    }
+    let model = DefaultModel::from_str(MODEL).await?;
+    Ok(PARSED.get_or_init(|| model).clone())
+}
+
 /// An enforcer holding one policy line per pattern. Every step is in memory: the model is
 /// parsed from [`MODEL`] and the adapter is a [`MemoryAdapter`], so nothing here does I/O
 /// even though casbin's API is async.
 async fn build_enforcer(patterns: &[String]) -> casbin::Result<Enforcer> {
-    let model = DefaultModel::from_str(MODEL).await?;
+    let model = parsed_model().await?;
     let mut enforcer = Enforcer::new(model, MemoryAdapter::default()).await?;
     enforcer.add_function("fnMatch", OperatorFunction::Arg2(fn_match));
     let mut lines: Vec<Vec<String>> = Vec::with_capacity(patterns.len());
