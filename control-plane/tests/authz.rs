@@ -643,3 +643,55 @@ async fn admin_tokens_are_created_listed_and_revoked_by_their_owner() {
     let counts: BTreeMap<_, _> = app.db.row_counts().await;
     assert!(counts["admin_tokens"] >= 4);
 }
+
+/// Operations outside the role table, with why: they act on the caller's own things or
+/// filter by the caller's grants, and have tests of their own.
+const SELF_SERVICE: &[&str] = &[
+    // Lists only the tenants the caller holds a role in (cross-tenant test below).
+    "tenants",
+    // A caller's own admin tokens (`admin_tokens_are_created_listed_and_revoked_by_their_owner`).
+    "adminTokens",
+    "createAdminToken",
+    "revokeAdminToken",
+];
+
+/// The matrix covers the whole API: every query and mutation in the schema is either in the
+/// role table or a self-service operation, so a new resolver cannot slip past the test.
+#[test]
+fn the_matrix_names_every_query_and_mutation() {
+    let sdl = include_str!("../schema.graphql");
+    let mut missing = Vec::new();
+    for root in ["type Query {", "type Mutation {"] {
+        let body = sdl
+            .split(root)
+            .nth(1)
+            .expect(root)
+            .split("\n}")
+            .next()
+            .unwrap();
+        let mut in_doc = false;
+        for line in body.lines() {
+            let trimmed = line.trim();
+            if trimmed.starts_with("\"\"\"") {
+                // A doc string: one line (`"""text"""`) or until the closing `"""`.
+                let one_line = trimmed.len() > 3 && trimmed.ends_with("\"\"\"");
+                if !one_line {
+                    in_doc = !in_doc;
+                }
+                continue;
+            }
+            if in_doc || trimmed.is_empty() {
+                continue;
+            }
+            let name = trimmed.split(['(', ':']).next().unwrap();
+            let known = MATRIX.iter().any(|(op, _)| *op == name) || SELF_SERVICE.contains(&name);
+            if !known {
+                missing.push(name.to_string());
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "not in MATRIX nor SELF_SERVICE: {missing:?}"
+    );
+}
