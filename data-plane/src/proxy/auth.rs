@@ -35,7 +35,8 @@ pub fn authenticate(snapshot: &Snapshot, headers: &HeaderMap) -> Result<KeyBindi
 
 /// Refuse a key past its expiry, like an unknown key (`unauthorized`: the same answer
 /// whether the snapshot still lists the key or has already dropped it). Only the clock is
-/// read.
+/// read: the planes' clocks are assumed synchronised (NTP); a data plane whose clock runs
+/// behind accepts an expiring key for as much longer.
 pub fn ensure_unexpired(binding: &KeyBinding, now: DateTime<Utc>) -> Result<(), GatewayError> {
     if binding.is_expired_at(now) {
         Err(GatewayError::Unauthorized)
