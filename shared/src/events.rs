@@ -30,6 +30,11 @@ pub enum EventKind {
     UpstreamTimeout,
     /// The upstream answered with a 5xx status.
     UpstreamError,
+    /// A known API key sent a request the gateway could not use: a body that is not a JSON
+    /// object of arguments, a missing or unusable argument, a body too large.
+    RequestInvalid,
+    /// A known API key, granted the name by a pattern, named a function that does not exist.
+    FunctionNotFound,
 }
 
 impl EventKind {
@@ -44,6 +49,8 @@ impl EventKind {
             Self::UpstreamUnreachable => "upstream.unreachable",
             Self::UpstreamTimeout => "upstream.timeout",
             Self::UpstreamError => "upstream.error",
+            Self::RequestInvalid => "request.invalid",
+            Self::FunctionNotFound => "function.not_found",
         }
     }
 }

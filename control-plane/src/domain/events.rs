@@ -37,7 +37,7 @@ const MAX_SECRET_NAMES: usize = 64;
 
 /// Every kind, for parsing dotted names back. [`kind_index`] fails to compile when a kind is
 /// added to `EventKind` without being added here.
-const ALL_KINDS: [EventKind; 8] = [
+const ALL_KINDS: [EventKind; 10] = [
     EventKind::SecretUsed,
     EventKind::AuthDenied,
     EventKind::ScopeDenied,
@@ -46,6 +46,8 @@ const ALL_KINDS: [EventKind; 8] = [
     EventKind::UpstreamUnreachable,
     EventKind::UpstreamTimeout,
     EventKind::UpstreamError,
+    EventKind::RequestInvalid,
+    EventKind::FunctionNotFound,
 ];
 
 /// Position of `kind` in [`ALL_KINDS`]; an exhaustive match, so a new kind is a compile error.
@@ -59,6 +61,8 @@ const fn kind_index(kind: EventKind) -> usize {
         EventKind::UpstreamUnreachable => 5,
         EventKind::UpstreamTimeout => 6,
         EventKind::UpstreamError => 7,
+        EventKind::RequestInvalid => 8,
+        EventKind::FunctionNotFound => 9,
     }
 }
 

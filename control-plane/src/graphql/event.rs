@@ -30,7 +30,8 @@ impl Event {
     }
 
     /// Dotted kind: `secret.used`, `auth.denied`, `scope.denied`, `secret.unavailable`,
-    /// `secret.host_denied`, `upstream.unreachable`, `upstream.timeout`, `upstream.error`.
+    /// `secret.host_denied`, `upstream.unreachable`, `upstream.timeout`, `upstream.error`,
+    /// `request.invalid`, `function.not_found`.
     async fn kind(&self) -> &'static str {
         self.0.kind.as_str()
     }

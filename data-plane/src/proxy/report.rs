@@ -52,6 +52,8 @@ impl RequestReport<'_> {
         if let Some(error) = self.error {
             if let Some((kind, secrets)) = failure_kind(error) {
                 events.push(self.event(kind, secrets, error.to_string()));
+            } else if let Some((kind, message)) = self.mistake_of_known_key(error) {
+                events.push(self.event(kind, Vec::new(), message));
             }
         } else if let Some(status) = self.upstream_status.filter(|status| *status >= 500) {
             events.push(self.event(
@@ -61,6 +63,29 @@ impl RequestReport<'_> {
             ));
         }
         events
+    }
+
+    /// A request a known API key got wrong: an integration bug worth an event. Requests without
+    /// a key we know (scanners, typos in the URL) are not reported beyond `auth.denied`. The
+    /// message names arguments, never their values: a JSON parse error can quote the body, so
+    /// it is replaced by a fixed sentence.
+    fn mistake_of_known_key(&self, error: &GatewayError) -> Option<(EventKind, String)> {
+        self.api_key_id?;
+        Some(match error {
+            GatewayError::FunctionNotFound(_) => (EventKind::FunctionNotFound, error.to_string()),
+            GatewayError::InvalidJson(_) => (
+                EventKind::RequestInvalid,
+                "request body is not a JSON object of arguments".to_string(),
+            ),
+            GatewayError::Render(
+                RenderError::MissingArgument(_) | RenderError::InvalidArgument { .. },
+            )
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::ChunkedBodyTooLarge { .. } => {
+                (EventKind::RequestInvalid, error.to_string())
+            }
+            _ => return None,
+        })
     }
 
     fn event(&self, kind: EventKind, secrets: Vec<String>, message: String) -> GatewayEvent {
@@ -86,7 +111,7 @@ impl RequestReport<'_> {
 }
 
 /// The event kind of a gateway error, with the secrets it concerns; `None` for errors that
-/// are the caller's own mistakes (bad JSON, unknown route...).
+/// are the caller's own mistakes (bad JSON, unknown route...): see `mistake_of_known_key`.
 fn failure_kind(error: &GatewayError) -> Option<(EventKind, Vec<String>)> {
     Some(match error {
         GatewayError::Unauthorized => (EventKind::AuthDenied, Vec::new()),
@@ -205,16 +230,47 @@ mod tests {
         assert_eq!(events[0].secrets, ["TOKEN"]);
         assert_eq!(events[0].upstream_host.as_deref(), Some("evil.example"));
 
-        for error in [
-            GatewayError::NotFound,
-            GatewayError::InvalidJson("x".into()),
-        ] {
+        // Without a known key, a caller's mistakes are not events.
+        let mistakes = [
+            GatewayError::InvalidJson("invalid type: string \"quoted-body\"".into()),
+            GatewayError::FunctionNotFound("nope".into()),
+            GatewayError::Render(RenderError::MissingArgument("id".into())),
+            GatewayError::PayloadTooLarge { limit: 1 },
+        ];
+        for error in mistakes.iter().chain([&GatewayError::NotFound]) {
             let report = RequestReport {
-                error: Some(&error),
+                error: Some(error),
                 ..base
             };
             assert!(report.events().is_empty(), "{error:?}");
         }
+        // With one, they are, and the message never quotes the body.
+        let key = RequestReport {
+            api_key_id: Some(Uuid::now_v7()),
+            ..base
+        };
+        let want = [
+            EventKind::RequestInvalid,
+            EventKind::FunctionNotFound,
+            EventKind::RequestInvalid,
+            EventKind::RequestInvalid,
+        ];
+        for (error, kind) in mistakes.iter().zip(want) {
+            let report = RequestReport {
+                error: Some(error),
+                status: error.status(),
+                ..key
+            };
+            let events = report.events();
+            assert_eq!(kinds(&report), [kind], "{error:?}");
+            assert!(!events[0].message.contains("quoted-body"));
+            assert_eq!(events[0].status, error.status());
+        }
+        let report = RequestReport {
+            error: Some(&GatewayError::NotFound),
+            ..key
+        };
+        assert!(report.events().is_empty());
     }
 
     #[test]
