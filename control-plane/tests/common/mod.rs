@@ -38,6 +38,8 @@ pub const TABLES: &[&str] = &[
     "provisioning_links",
     "users",
     "role_assignments",
+    "sessions",
+    "login_attempts",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +290,7 @@ impl TestApp {
             publisher: ConfigPublisher::new(db.db.clone(), InProcessTransport::new(sender)),
             public_url: None,
             authz: Authz::load(db.db.clone()).await.unwrap(),
+            oidc: None,
         };
         Self {
             schema: build_schema(state.clone()),
