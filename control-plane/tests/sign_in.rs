@@ -11,28 +11,12 @@ use airlock_control_plane::domain::users::{self, Identity};
 use airlock_control_plane::http::auth::{CSRF_HEADER, SESSION_COOKIE};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use axum::response::Response;
-use common::{Backend, TestApp};
+use common::{json_body, send, Backend, TestApp};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 const ISSUER: &str = "https://idp.example.test";
 const CREATE_FUNCTION: &str = "mutation($t: ID!, $n: String!) { createFunction(input: {tenantId: $t, name: $n, method: \"GET\", url: \"https://api.example.com/x\", headers: []}) { id } }";
-
-async fn send(app: &TestApp, request: Request<Body>) -> Response {
-    airlock_control_plane::app(app.state.clone())
-        .oneshot(request)
-        .await
-        .unwrap()
-}
-
-async fn json_body(response: Response) -> Value {
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
-}
 
 /// POST /graphql with the session cookie, and the CSRF header when given.
 fn cookie_post(session: &str, csrf: Option<&str>, query: &str, variables: Value) -> Request<Body> {

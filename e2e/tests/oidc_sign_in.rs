@@ -547,10 +547,9 @@ async fn console_story(world: &World) -> Result<SignInSecrets> {
     })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn console_sign_in_in_dev_mode() -> Result<()> {
-    let mut world = world(None).await?;
-    let result = console_story(&world).await;
+/// [`console_story`], with the output of both peers shown if it fails; the logs are scanned.
+async fn checked_console_story(world: &mut World) -> Result<SignInSecrets> {
+    let result = console_story(world).await;
     if result.is_err() {
         eprintln!("--- airlock output ---\n{}", world.airlock.logs());
         eprintln!("--- provider output ---\n{}", world.idp.output());
@@ -562,6 +561,13 @@ async fn console_sign_in_in_dev_mode() -> Result<()> {
         &secrets.needles(),
         "the Airlock logs",
     );
+    Ok(secrets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sign_in_in_dev_mode() -> Result<()> {
+    let mut world = world(None).await?;
+    let secrets = checked_console_story(&mut world).await?;
     world.airlock.processes[0].terminate()?;
     assert_absent(
         &data_dir_bytes(&world.airlock)?,
@@ -576,17 +582,7 @@ async fn console_sign_in_in_split_mode_over_postgres() -> Result<()> {
     let db = PostgresDb::create()?;
     let prefix = format!("airlock-e2e-{}", uuid::Uuid::new_v4().simple());
     let mut world = world(Some((&db.url, &prefix))).await?;
-    let result = console_story(&world).await;
-    if result.is_err() {
-        eprintln!("--- airlock output ---\n{}", world.airlock.logs());
-    }
-    let secrets = result?;
-    world.airlock.check_running()?;
-    assert_absent(
-        world.airlock.logs().as_bytes(),
-        &secrets.needles(),
-        "the Airlock logs",
-    );
+    let secrets = checked_console_story(&mut world).await?;
     let dump = std::process::Command::new("pg_dump")
         .args(["-h", "127.0.0.1", "-U", "postgres", "--data-only", &db.name])
         .output()?;

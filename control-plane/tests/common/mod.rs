@@ -454,3 +454,23 @@ macro_rules! on_both_backends {
         )*
     };
 }
+
+/// Send `request` through the whole router (`app(state)`), as a client would.
+pub async fn send(
+    app: &TestApp,
+    request: axum::http::Request<axum::body::Body>,
+) -> axum::response::Response {
+    use tower::ServiceExt as _;
+    airlock_control_plane::app(app.state.clone())
+        .oneshot(request)
+        .await
+        .unwrap()
+}
+
+/// A response's body as JSON.
+pub async fn json_body(response: axum::response::Response) -> Value {
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
