@@ -24,6 +24,9 @@ pub enum AppError {
     /// GraphQL over GET (only POST executes operations).
     #[error("GraphQL operations are executed over POST only")]
     GetNotSupported,
+    /// Too much of something at once; try again later.
+    #[error("{0}")]
+    RateLimited(&'static str),
     /// Authenticated, but the caller's roles do not allow this here.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
@@ -76,6 +79,7 @@ impl AppError {
             Self::Forbidden(_) => "FORBIDDEN",
             Self::CsrfTokenInvalid => "CSRF_TOKEN_INVALID",
             Self::GetNotSupported => "METHOD_NOT_ALLOWED",
+            Self::RateLimited(_) => "RATE_LIMITED",
             Self::InvalidInput { .. } => "INVALID_INPUT",
             Self::AlreadyExists { .. } => "ALREADY_EXISTS",
             Self::NotFound { .. } => "NOT_FOUND",
@@ -90,6 +94,7 @@ impl AppError {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::CsrfTokenInvalid => StatusCode::FORBIDDEN,
             Self::GetNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidInput { .. } | Self::Template(_) => StatusCode::BAD_REQUEST,
             Self::AlreadyExists { .. } => StatusCode::CONFLICT,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,

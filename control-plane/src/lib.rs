@@ -117,6 +117,7 @@ async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
     tracing::info!(environments, "published every environment");
     let shutdown = shutdown_signal()?;
     println!("control plane: http://{}/graphql", listener.local_addr()?);
+    print_sign_in(&state, &config.control);
     println!("data plane: http://{}", data_plane.listen_addr());
     print_admin_token(token, data_dir);
 
@@ -162,6 +163,7 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener = bind(config.control.control_addr).await?;
     let shutdown = shutdown_signal()?;
     println!("control plane: http://{}/graphql", listener.local_addr()?);
+    print_sign_in(&state, &config.control);
     print_admin_token(token, data_dir);
 
     let served = serve(listener, state, shutdown).await;
@@ -241,6 +243,14 @@ async fn bootstrap_admin_token(
             Ok(Some(token))
         }
         None => Ok(None),
+    }
+}
+
+/// With OpenID Connect, where people sign in.
+fn print_sign_in(state: &AppState, config: &ControlConfig) {
+    if let (Some(_), Some(oidc)) = (&state.oidc, &config.oidc) {
+        let login = oidc.redirect_url.trim_end_matches("/callback");
+        println!("console sign-in: {login}/login");
     }
 }
 

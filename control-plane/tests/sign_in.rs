@@ -369,3 +369,27 @@ async fn sign_in_routes_without_oidc_say_so() {
     .await;
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn pending_sign_ins_are_bounded() {
+    let app = TestApp::new(Backend::Sqlite).await;
+    let fill = format!(
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {}) \
+         INSERT INTO login_attempts (id, state_hash, binding_hash, return_to, created_at, expires_at) \
+         SELECT lower(hex(randomblob(16))), 'h' || i, 'b', '/', '2026-01-01T00:00:00+00:00', \
+         '2999-01-01T00:00:00+00:00' FROM n",
+        sessions::MAX_PENDING_LOGINS
+    );
+    app.db.db.execute_unprepared(&fill).await.unwrap();
+    let error = sessions::start_login(&app.db.db, "/").await.unwrap_err();
+    assert_eq!(error.code(), "RATE_LIMITED");
+    assert_eq!(error.http_status(), StatusCode::TOO_MANY_REQUESTS);
+    // Expired attempts make room again.
+    app.db
+        .db
+        .execute_unprepared("UPDATE login_attempts SET expires_at = '2020-01-01T00:00:00+00:00'")
+        .await
+        .unwrap();
+    sessions::start_login(&app.db.db, "/").await.unwrap();
+    assert_eq!(app.db.row_counts().await["login_attempts"], 1);
+}

@@ -16,7 +16,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, TimeDelta, Utc};
 use rand::RngCore;
-use sea_orm::{ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, Set};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    Set,
+};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -188,8 +191,13 @@ fn state_hash(state: &str) -> String {
     sha256_hex(&["airlock-login-state", state])
 }
 
+/// Most sign-ins pending at once. Starting one needs no credential, so this bounds what a
+/// flood of `GET /auth/login` can store.
+pub const MAX_PENDING_LOGINS: u64 = 10_000;
+
 /// Record a sign-in that will come back to `return_to` (already checked to be a relative
-/// path). Expired attempts are removed on the way.
+/// path). Expired attempts are removed on the way; `RATE_LIMITED` when
+/// [`MAX_PENDING_LOGINS`] are pending.
 pub async fn start_login(
     db: &DatabaseConnection,
     return_to: &str,
@@ -199,6 +207,11 @@ pub async fn start_login(
         .filter(login_attempt::Column::ExpiresAt.lte(now))
         .exec(db)
         .await?;
+    if login_attempt::Entity::find().count(db).await? >= MAX_PENDING_LOGINS {
+        return Err(AppError::RateLimited(
+            "too many sign-ins are in progress; try again in a few minutes",
+        ));
+    }
     let state = random_token();
     let browser_secret = random_token();
     login_attempt::ActiveModel {
