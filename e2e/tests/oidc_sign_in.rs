@@ -729,3 +729,32 @@ async fn bearer_story(
     tokens.extend(refused.into_iter().map(|(_, t)| t).filter(|t| t.len() > 20));
     Ok(tokens)
 }
+
+/// The provider restarts with a new signing key: the next console sign-in still works, as
+/// the ID-token keys are refetched. (Bearer JWTs refetch on an unknown `kid` too, rate-limited:
+/// the unit tests in control-plane/src/auth/jwt.rs cover that.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_survives_a_provider_key_rotation() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (port, idp_port) = (free_port(), free_port());
+    let callback = format!("http://127.0.0.1:{port}/auth/callback");
+    let config = || provider_config(&callback, Ttl::default());
+    let idp = OidcProvider::start_on(dir.path(), config(), idp_port).await?;
+    let old_key = idp.jwks().await?["keys"][0]["kid"].clone();
+    let airlock = Airlock::dev_with(oidc_options(dir.path(), &idp, port)?).await?;
+    Browser::new(&airlock)?.sign_in(&idp, "alice").await?;
+
+    drop(idp);
+    let idp = OidcProvider::start_on(dir.path(), config(), idp_port).await?;
+    assert_ne!(
+        idp.jwks().await?["keys"][0]["kid"],
+        old_key,
+        "a new signing key"
+    );
+    let result = Browser::new(&airlock)?.sign_in(&idp, "alice").await;
+    if result.is_err() {
+        eprintln!("--- airlock output ---\n{}", airlock.logs());
+    }
+    result?;
+    Ok(())
+}

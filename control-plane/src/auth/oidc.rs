@@ -9,11 +9,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
+use arc_swap::ArcSwapOption;
+use openidconnect::core::{
+    CoreAuthenticationFlow, CoreClient, CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet,
+    CoreJwsSigningAlgorithm, CoreProviderMetadata,
+};
 use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, EndpointMaybeSet, EndpointNotSet,
-    EndpointSet, IssuerUrl, Nonce, PkceCodeChallenge, PkceCodeVerifier, RedirectUrl,
-    RequestTokenError, Scope, TokenResponse,
+    AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken,
+    EndpointMaybeSet, EndpointNotSet, EndpointSet, IssuerUrl, JsonWebKeySetUrl, Nonce,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope,
+    SignatureVerificationError, TokenResponse,
 };
 
 use super::jwt::{error_chain, JwtError, JwtValidator, JwtValidatorConfig};
@@ -34,6 +39,10 @@ type ConsoleClient = CoreClient<
 
 /// Bound on one request to the provider.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Least time between two refetches of the ID-token keys (after an ID token signed with a key
+/// the known set lacks: the provider rotated its keys).
+const ID_TOKEN_KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why a console sign-in could not be completed. Messages are safe to show and log.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +76,15 @@ struct Inner {
     http: reqwest::Client,
     jwt: JwtValidator,
     secure_cookies: bool,
+    /// What a fresh ID-token verifier needs besides the keys.
+    config: OidcConfig,
+    issuer_url: IssuerUrl,
+    jwks_url: JsonWebKeySetUrl,
+    id_token_algs: Vec<CoreJwsSigningAlgorithm>,
+    /// ID-token keys refetched after a key miss; `None`: the ones read at discovery.
+    refreshed_keys: ArcSwapOption<CoreJsonWebKeySet>,
+    /// When the ID-token keys were last refetched; held during a refetch.
+    last_key_refresh: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Oidc {
@@ -97,7 +115,10 @@ impl Oidc {
                     error_chain(&e)
                 ))
             })?;
-        let jwks_uri = metadata.jwks_uri().url().to_string();
+        let jwks_url = metadata.jwks_uri().clone();
+        let jwks_uri = jwks_url.url().to_string();
+        let issuer_url = metadata.issuer().clone();
+        let id_token_algs = metadata.id_token_signing_alg_values_supported().clone();
         let redirect = RedirectUrl::new(config.redirect_url.clone())
             .map_err(|e| OidcSetupError(format!("redirect URL: {e}")))?;
         let client = CoreClient::from_provider_metadata(
@@ -119,6 +140,12 @@ impl Oidc {
                 http,
                 jwt,
                 secure_cookies: config.redirect_url.starts_with("https://"),
+                config: config.clone(),
+                issuer_url,
+                jwks_url,
+                id_token_algs,
+                refreshed_keys: ArcSwapOption::empty(),
+                last_key_refresh: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -190,18 +217,71 @@ impl Oidc {
             .await
             .map_err(|error| SignInError::CodeExchange(token_error(&error)))?;
         let id_token = response.id_token().ok_or(SignInError::NoIdToken)?;
-        let claims = id_token
-            .claims(
-                &client.id_token_verifier(),
-                &Nonce::new(secrets.nonce.clone()),
+        let nonce = Nonce::new(secrets.nonce.clone());
+        let keys = self.inner.refreshed_keys.load_full();
+        let invalid =
+            |error: ClaimsVerificationError| SignInError::InvalidIdToken(error.to_string());
+        match self.verify_id_token(id_token, &nonce, keys.as_deref()) {
+            Err(ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey,
+            )) => {
+                let keys = self.refresh_id_token_keys().await;
+                self.verify_id_token(id_token, &nonce, keys.as_deref())
+                    .map_err(invalid)
+            }
+            verified => verified.map_err(invalid),
+        }
+    }
+
+    /// Signature (with `keys`, or the keys read at discovery), `iss`, `aud`, `exp`, `nonce`.
+    fn verify_id_token(
+        &self,
+        id_token: &CoreIdToken,
+        nonce: &Nonce,
+        keys: Option<&CoreJsonWebKeySet>,
+    ) -> Result<Identity, ClaimsVerificationError> {
+        let verifier = match keys {
+            None => self.inner.client.id_token_verifier(),
+            Some(keys) => CoreIdTokenVerifier::new_confidential_client(
+                ClientId::new(self.inner.config.client_id.clone()),
+                ClientSecret::new(self.inner.config.client_secret.expose().to_string()),
+                self.inner.issuer_url.clone(),
+                keys.clone(),
             )
-            .map_err(|error| SignInError::InvalidIdToken(error.to_string()))?;
+            .set_allowed_algs(self.inner.id_token_algs.clone()),
+        };
+        let claims = id_token.claims(&verifier, nonce)?;
         Ok(Identity::new(
             claims.issuer().as_str(),
             claims.subject().as_str(),
             claims.email().map(|email| email.as_str()),
             claims.email_verified().unwrap_or(false),
         ))
+    }
+
+    /// Refetch the provider's keys, at most once per [`ID_TOKEN_KEY_REFRESH_INTERVAL`]; the
+    /// newest refetched set (`None`: none could be fetched yet).
+    async fn refresh_id_token_keys(&self) -> Option<Arc<CoreJsonWebKeySet>> {
+        let mut last = self.inner.last_key_refresh.lock().await;
+        if last.is_some_and(|at| at.elapsed() < ID_TOKEN_KEY_REFRESH_INTERVAL) {
+            return self.inner.refreshed_keys.load_full();
+        }
+        *last = Some(Instant::now());
+        match CoreJsonWebKeySet::fetch_async(&self.inner.jwks_url, &self.inner.http).await {
+            Ok(keys) => {
+                let keys = Arc::new(keys);
+                self.inner.refreshed_keys.store(Some(Arc::clone(&keys)));
+                tracing::info!(
+                    jwks_uri = %self.inner.jwks_url.url(),
+                    "refetched the OpenID provider's keys after an ID token with an unknown key"
+                );
+                Some(keys)
+            }
+            Err(error) => {
+                tracing::warn!(error = %error_chain(&error), "refetching the OpenID provider's keys failed");
+                self.inner.refreshed_keys.load_full()
+            }
+        }
     }
 
     /// Validate a bearer access token; who it was issued to.
