@@ -128,7 +128,7 @@ async fn in_process_events_are_stored_once_with_a_secret_use_audit_entry(app: Te
     let (sender, source) = InProcessEvents::channel();
     let ingester = EventIngester::start(db.clone(), source);
     for event in [&used, &denied, &used, &orphan] {
-        sender.send(event.clone()).unwrap();
+        sender.send(event.clone().into()).unwrap();
     }
     eventually("three events are stored", || {
         let db = db.clone();
@@ -136,12 +136,15 @@ async fn in_process_events_are_stored_once_with_a_secret_use_audit_entry(app: Te
     })
     .await;
     // Sent again later (a data plane retrying): still once.
-    sender.send(used.clone()).unwrap();
+    sender.send(used.clone().into()).unwrap();
     let stats = ingester.shutdown().await;
     assert_eq!(stats.stored, 3);
     assert_eq!(stats.duplicates, 2);
     assert_eq!(stats.rejected + stats.unstored, 0);
-    assert!(sender.send(used.clone()).is_err(), "closed after shutdown");
+    assert!(
+        sender.send(used.clone().into()).is_err(),
+        "closed after shutdown"
+    );
 
     let stored = all_events(&db).await;
     let expected_orphan = GatewayEvent {
@@ -191,7 +194,7 @@ async fn shutdown_stores_everything_already_sent(app: TestApp) {
         .map(|_| event(EventKind::ScopeDenied, None, None))
         .collect();
     for event in &sent {
-        sender.send(event.clone()).unwrap();
+        sender.send(event.clone().into()).unwrap();
     }
     // No waiting: shutdown itself drains the channel (more than two batches).
     let stats = ingester.shutdown().await;

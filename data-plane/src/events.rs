@@ -13,25 +13,37 @@
 //!
 //! Events carry names and ids only: building them is the caller's job, and
 //! [`crate::proxy`] never puts a secret value or an API key into one.
+//!
+//! The same queue and transport carry [`KeyUsageReport`]s: [`KeyUsageReporter`] collects
+//! the keys used since its last round from the snapshot store (atomics written by the
+//! request path) every [`KEY_USAGE_INTERVAL`] and queues one report for all of them. On Redis
+//! a report is an entry with a `key_usage` field instead of `event`; in process it is a
+//! [`DataPlaneMessage::KeyUsage`]. The control plane applies it to `api_keys.last_used_at`
+//! and stores no event for it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use airlock_shared::events::GatewayEvent;
+use airlock_shared::events::{
+    DataPlaneMessage, GatewayEvent, KeyUsageReport, EVENT_FIELD, KEY_USAGE_FIELD,
+};
 use airlock_shared::keys::RedisNames;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
+use crate::snapshot::SnapshotStore;
+
 /// Where events go.
 pub enum EventSink {
     /// Events are dropped (still counted and logged at debug level).
     Disabled,
-    /// `airlock dev`: to the control plane in the same process.
-    InProcess(mpsc::UnboundedSender<GatewayEvent>),
-    /// Redis Streams: `XADD <names.events_stream()> MAXLEN ~ 1000000 * event <GatewayEvent JSON>`.
+    /// `airlock dev`: to the control plane in the same process (events and key usage).
+    InProcess(mpsc::UnboundedSender<DataPlaneMessage>),
+    /// Redis Streams: `XADD <names.events_stream()> MAXLEN ~ 1000000 * event <GatewayEvent JSON>`
+    /// (and `... * key_usage <KeyUsageReport JSON>` for key usage).
     Redis {
         /// `redis://`, `rediss://` or `unix://` URL.
         url: String,
@@ -60,6 +72,8 @@ pub const EVENT_QUEUE_CAPACITY: usize = 10_000;
 pub const STREAM_MAX_LEN: usize = 1_000_000;
 /// A warning is logged for the first dropped event and then every this many.
 pub const DROP_WARN_EVERY: u64 = 1_000;
+/// How often key usage is collected and reported (the delay of `lastUsedAt`).
+pub const KEY_USAGE_INTERVAL: Duration = Duration::from_secs(1);
 /// Events sent to the sink in one go.
 const BATCH_SIZE: usize = 256;
 /// Connect and per-command timeout for Redis.
@@ -96,7 +110,7 @@ impl EventCounters {
 #[derive(Debug, Clone)]
 pub(crate) struct EventEmitter {
     /// `None` when events are disabled.
-    queue: Option<mpsc::Sender<GatewayEvent>>,
+    queue: Option<mpsc::Sender<DataPlaneMessage>>,
     counters: Arc<EventCounters>,
 }
 
@@ -114,12 +128,22 @@ impl EventEmitter {
             );
             return;
         };
-        match queue.try_send(event) {
+        match queue.try_send(event.into()) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => self.counters.count_drop("queue full"),
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 self.counters.count_drop("delivery stopped")
             }
+        }
+    }
+
+    /// Queue a key usage report, or drop it (counted) if the queue is full. Never waits.
+    pub(crate) fn report_usage(&self, report: KeyUsageReport) {
+        let Some(queue) = &self.queue else {
+            return;
+        };
+        if queue.try_send(report.into()).is_err() {
+            self.counters.count_drop("queue full (key usage)");
         }
     }
 
@@ -170,14 +194,14 @@ pub(crate) fn event_pipeline(
 }
 
 enum Target {
-    InProcess(mpsc::UnboundedSender<GatewayEvent>),
+    InProcess(mpsc::UnboundedSender<DataPlaneMessage>),
     Redis { url: String, stream: String },
 }
 
 /// The background service that drains the event queue to the sink.
 pub(crate) struct EventDelivery {
     /// Taken by the first `start`; Pingora starts a background service once.
-    parts: Mutex<Option<(mpsc::Receiver<GatewayEvent>, Target)>>,
+    parts: Mutex<Option<(mpsc::Receiver<DataPlaneMessage>, Target)>>,
     counters: Arc<EventCounters>,
 }
 
@@ -224,7 +248,7 @@ async fn shutting_down(shutdown: &mut ShutdownWatch) {
 }
 
 async fn deliver(
-    mut receiver: mpsc::Receiver<GatewayEvent>,
+    mut receiver: mpsc::Receiver<DataPlaneMessage>,
     writer: &mut Writer,
     mut shutdown: ShutdownWatch,
 ) {
@@ -293,7 +317,7 @@ enum DeliveryError {
 /// Writes batches of events to the sink.
 enum Writer {
     InProcess {
-        sender: mpsc::UnboundedSender<GatewayEvent>,
+        sender: mpsc::UnboundedSender<DataPlaneMessage>,
         counters: Arc<EventCounters>,
     },
     // Boxed: the connection makes it much larger than the other variants.
@@ -304,7 +328,7 @@ enum Writer {
 }
 
 impl Writer {
-    async fn write(&mut self, batch: &[GatewayEvent]) -> Result<(), DeliveryError> {
+    async fn write(&mut self, batch: &[DataPlaneMessage]) -> Result<(), DeliveryError> {
         match self {
             Self::InProcess { sender, counters } => {
                 for event in batch {
@@ -334,12 +358,18 @@ struct RedisWriter {
 impl RedisWriter {
     /// Append `batch` to the stream in one pipeline. On error the connection is dropped, so
     /// the next attempt reconnects.
-    async fn write(&mut self, batch: &[GatewayEvent]) -> Result<(), DeliveryError> {
+    async fn write(&mut self, batch: &[DataPlaneMessage]) -> Result<(), DeliveryError> {
         let mut pipeline = redis::pipe();
-        for event in batch {
+        for message in batch {
             // Serializing ids, names and plain strings cannot fail; skip rather than stall.
-            let Ok(json) = serde_json::to_string(event) else {
-                tracing::error!(request_id = %event.request_id, "cannot serialize an event");
+            let (field, json) = match message {
+                DataPlaneMessage::Event(event) => (EVENT_FIELD, serde_json::to_string(event)),
+                DataPlaneMessage::KeyUsage(report) => {
+                    (KEY_USAGE_FIELD, serde_json::to_string(report))
+                }
+            };
+            let Ok(json) = json else {
+                tracing::error!(field, "cannot serialize a message for the event stream");
                 continue;
             };
             pipeline
@@ -349,7 +379,7 @@ impl RedisWriter {
                 .arg("~")
                 .arg(STREAM_MAX_LEN)
                 .arg("*")
-                .arg("event")
+                .arg(field)
                 .arg(json)
                 .ignore();
         }
@@ -380,6 +410,42 @@ impl RedisWriter {
             self.connection = None;
         }
         result
+    }
+}
+
+/// The background service that reports key usage every [`KEY_USAGE_INTERVAL`].
+pub(crate) struct KeyUsageReporter {
+    store: Arc<SnapshotStore>,
+    emitter: EventEmitter,
+}
+
+impl KeyUsageReporter {
+    pub(crate) fn new(store: Arc<SnapshotStore>, emitter: EventEmitter) -> Self {
+        Self { store, emitter }
+    }
+
+    /// Queue one report of the keys used since the last round, if any.
+    fn report(&self) {
+        let uses = self.store.take_uses();
+        if !uses.is_empty() {
+            self.emitter.report_usage(KeyUsageReport { uses });
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for KeyUsageReporter {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut ticks = tokio::time::interval(KEY_USAGE_INTERVAL);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticks.tick() => self.report(),
+                _ = shutting_down(&mut shutdown) => break,
+            }
+        }
+        // What the last second saw, for the final flush of the event delivery.
+        self.report();
     }
 }
 
@@ -443,6 +509,9 @@ mod tests {
                 .await
                 .unwrap()
                 .unwrap();
+            let DataPlaneMessage::Event(got) = got else {
+                panic!("expected an event, got {got:?}");
+            };
             assert_eq!(got.request_id, i.to_string());
         }
         stop.send(true).unwrap();

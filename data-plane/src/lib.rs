@@ -16,6 +16,7 @@
 pub mod config;
 mod events;
 mod proxy;
+pub mod scope;
 pub mod snapshot;
 mod sync;
 mod tls;
@@ -35,7 +36,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use tokio::sync::watch;
 
-pub use crate::events::{EventSink, EVENT_QUEUE_CAPACITY, STREAM_MAX_LEN};
+pub use crate::events::{EventSink, EVENT_QUEUE_CAPACITY, KEY_USAGE_INTERVAL, STREAM_MAX_LEN};
 use crate::proxy::Gateway;
 use crate::snapshot::SnapshotStore;
 use crate::sync::ConfigSync;
@@ -218,6 +219,9 @@ pub fn spawn(config: DataPlaneConfig) -> anyhow::Result<DataPlaneHandle> {
 
     let store = Arc::new(SnapshotStore::new(opening_keys));
     let (emitter, event_delivery) = events::event_pipeline(events, EVENT_QUEUE_CAPACITY);
+    let usage_reporter = event_delivery
+        .as_ref()
+        .map(|_| events::KeyUsageReporter::new(store.clone(), emitter.clone()));
     let gateway_state = Arc::new(proxy::GatewayState::new(store.clone(), emitter));
     let mut proxy_service =
         ProxyServiceBuilder::new(&Arc::new(conf), Gateway::new(gateway_state.clone()))
@@ -229,6 +233,8 @@ pub fn spawn(config: DataPlaneConfig) -> anyhow::Result<DataPlaneHandle> {
     let sync_service = background_service("config sync", ConfigSync::new(store, source));
     let event_service =
         event_delivery.map(|delivery| background_service("event delivery", delivery));
+    let usage_service =
+        usage_reporter.map(|reporter| background_service("key usage reports", reporter));
 
     let (stop, stop_rx) = watch::channel(false);
     let conf = server_conf(threads);
@@ -240,6 +246,9 @@ pub fn spawn(config: DataPlaneConfig) -> anyhow::Result<DataPlaneHandle> {
             server.add_service(sync_service);
             if let Some(event_service) = event_service {
                 server.add_service(event_service);
+            }
+            if let Some(usage_service) = usage_service {
+                server.add_service(usage_service);
             }
             server.add_service(proxy_service);
             server.run(RunArgs {

@@ -499,3 +499,82 @@ async fn shutdown_closes_the_listener_and_a_busy_port_is_an_error() {
         "listener still open"
     );
 }
+
+/// Globs are anchored, a matched but missing name is 404 and anything else 403; a key past
+/// its expiry is refused on the next request without any new snapshot; every authenticated
+/// use is reported once, in one report, within about a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn key_patterns_expiry_and_usage_reports() {
+    let key = OpeningKey::generate();
+    let upstream = Upstream::start().await;
+    let expires_at = chrono::Utc::now() + chrono::Duration::milliseconds(1500);
+    let snapshot = environment(&key, &upstream, Uuid::new_v4(), 1)
+        .key("ak_glob", &["pin*", "echo"])
+        .key_expiring("ak_expiring", &["*"], expires_at)
+        .build();
+    let glob_id = key_id(&snapshot, "ak_glob");
+    let expiring_id = key_id(&snapshot, "ak_expiring");
+    let (plane, mut events) =
+        TestPlane::start_with_events(key.clone().into(), vec![snapshot]).await;
+
+    assert_eq!(
+        plane.invoke("ping", Some("ak_glob"), "{}").await.status(),
+        200
+    );
+    for (function, status, code) in [
+        // Matched by `pin*` but not in the snapshot.
+        ("pinned", 404, "function_not_found"),
+        // Unanchored matching would allow these.
+        ("xping", 403, "forbidden"),
+        ("create_user", 403, "forbidden"),
+        ("echo_all", 403, "forbidden"),
+    ] {
+        let (got_status, got_code, _) =
+            gateway_error(plane.invoke(function, Some("ak_glob"), "{}").await).await;
+        assert_eq!(
+            (got_status, got_code.as_str()),
+            (status, code),
+            "{function}"
+        );
+    }
+
+    assert_eq!(
+        plane
+            .invoke("ping", Some("ak_expiring"), "{}")
+            .await
+            .status(),
+        200
+    );
+    let wait = (expires_at - chrono::Utc::now())
+        .to_std()
+        .unwrap_or_default();
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    let response = plane.invoke("ping", Some("ak_expiring"), "{}").await;
+    let request = request_id(&response);
+    let (status, code, _) = gateway_error(response).await;
+    assert_eq!((status, code.as_str()), (401, "unauthorized"));
+    // The refusal is an auth event naming the key.
+    let denied = events.for_request(&request, 1).await.remove(0);
+    assert_eq!(denied.kind.as_str(), "auth.denied");
+    assert_eq!(denied.api_key_id, Some(expiring_id));
+
+    // Usage: both keys were used; the reports name each key with its latest use.
+    let mut seen = std::collections::HashMap::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while seen.len() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "usage not reported: {seen:?}"
+        );
+        for key_use in events.next_key_usage().await.uses {
+            seen.insert(key_use.api_key_id, key_use.last_used_at);
+        }
+    }
+    assert!(seen.contains_key(&glob_id) && seen.contains_key(&expiring_id));
+    assert!(seen[&expiring_id] <= chrono::Utc::now());
+    // Nothing new used: no further report.
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    events.drain();
+    assert!(events.1.is_empty(), "reports without uses: {:?}", events.1);
+    plane.shutdown().await;
+}

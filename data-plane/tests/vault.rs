@@ -596,7 +596,15 @@ async fn events_reach_the_redis_stream() {
     let stream = names.events_stream();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let entries = loop {
-        let entries = stream_entries(&mut con, &stream).await;
+        let mut entries = stream_entries(&mut con, &stream).await;
+        // Key usage reports share the stream; they hold ids and times only.
+        entries.retain(|(_, fields)| match fields.get("key_usage") {
+            Some(report) => {
+                assert_nothing_leaks("key usage in Redis", report);
+                false
+            }
+            None => true,
+        });
         if entries.len() >= 3 || std::time::Instant::now() > deadline {
             break entries;
         }

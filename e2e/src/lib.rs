@@ -154,6 +154,22 @@ impl Httpbin {
             .collect()
     }
 
+    /// Every access log entry once the log has stopped growing for 200 ms (at most 5 s):
+    /// gunicorn writes a line just after its response has gone out, so a count taken right
+    /// after a response can be one short.
+    pub async fn settled_requests(&self) -> Vec<(String, String)> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut seen = self.requests();
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let now = self.requests();
+            if now.len() == seen.len() || Instant::now() > deadline {
+                return now;
+            }
+            seen = now;
+        }
+    }
+
     /// The last raw request line containing `needle`. gunicorn writes its access log just
     /// after the response has gone out, so this waits briefly for the line to appear.
     pub async fn request_line_containing(&self, needle: &str) -> Result<String> {

@@ -161,7 +161,7 @@ async fn exfiltration_is_refused_and_recorded() -> Result<()> {
     assert!(!bound.contains("-header") && !bound.contains("-ref"));
 
     // Nothing reached httpbin for the refused calls.
-    let requests = httpbin.requests();
+    let requests = httpbin.settled_requests().await;
     assert!(
         !requests
             .iter()
@@ -263,7 +263,8 @@ async fn echoed_secrets_are_redacted() -> Result<()> {
 
     // And httpbin really received the secret each time.
     let received: Vec<_> = httpbin
-        .requests()
+        .settled_requests()
+        .await
         .into_iter()
         .map(|(_, auth)| auth)
         .collect();
@@ -312,7 +313,7 @@ async fn tampered_or_swapped_ciphertext_fails_closed() -> Result<()> {
             .status(),
         200
     );
-    let before = httpbin.requests().len();
+    let before = httpbin.settled_requests().await.len();
 
     let republish = || async {
         // Changing B's hosts republishes the environment from the database as it now is.
@@ -398,8 +399,12 @@ async fn tampered_or_swapped_ciphertext_fails_closed() -> Result<()> {
     }
 
     // The upstream saw exactly the requests that succeeded: none after a failure to open.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after: Vec<_> = httpbin.requests().into_iter().skip(before).collect();
+    let after: Vec<_> = httpbin
+        .settled_requests()
+        .await
+        .into_iter()
+        .skip(before)
+        .collect();
     assert_eq!(after.len(), successes, "{after:?}");
     Ok(())
 }

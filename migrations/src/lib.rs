@@ -23,6 +23,7 @@ mod m20260411_000001_create_audit_log;
 mod m20260411_000002_add_secret_hosts_and_version_actors;
 mod m20260411_000003_create_provisioning_links;
 mod m20261203_000001_create_users_and_roles;
+mod m20261203_000002_api_key_lifecycle;
 mod m20261203_000003_create_sessions;
 
 /// Applies the Airlock schema: `Migrator::up(&db, None)`.
@@ -44,6 +45,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260411_000002_add_secret_hosts_and_version_actors::Migration),
             Box::new(m20260411_000003_create_provisioning_links::Migration),
             Box::new(m20261203_000001_create_users_and_roles::Migration),
+            Box::new(m20261203_000002_api_key_lifecycle::Migration),
             Box::new(m20261203_000003_create_sessions::Migration),
         ]
     }

@@ -73,9 +73,68 @@ pub struct GatewayEvent {
     pub message: String,
 }
 
+/// Field of a Redis stream entry that holds a [`GatewayEvent`]'s JSON.
+pub const EVENT_FIELD: &str = "event";
+/// Field of a Redis stream entry that holds a [`KeyUsageReport`]'s JSON.
+pub const KEY_USAGE_FIELD: &str = "key_usage";
+
+/// When API keys were last used, reported by a data plane about once a second (one report
+/// for every key used since the previous one). Not an event: the control plane only moves
+/// `api_keys.last_used_at` forward with it and stores no row for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyUsageReport {
+    pub uses: Vec<KeyUse>,
+}
+
+/// The latest use of one key seen by the reporting data plane (millisecond precision).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyUse {
+    pub api_key_id: Uuid,
+    pub last_used_at: DateTime<Utc>,
+}
+
+/// What a data plane sends to the control plane over the event transport (the Redis stream,
+/// or the in-process channel of `airlock dev`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DataPlaneMessage {
+    Event(GatewayEvent),
+    KeyUsage(KeyUsageReport),
+}
+
+impl From<GatewayEvent> for DataPlaneMessage {
+    fn from(event: GatewayEvent) -> Self {
+        Self::Event(event)
+    }
+}
+
+impl From<KeyUsageReport> for DataPlaneMessage {
+    fn from(report: KeyUsageReport) -> Self {
+        Self::KeyUsage(report)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn key_usage_round_trips_as_camel_case_json() {
+        let report = KeyUsageReport {
+            uses: vec![KeyUse {
+                api_key_id: Uuid::nil(),
+                last_used_at: Utc::now(),
+            }],
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert!(json["uses"][0]["apiKeyId"].is_string());
+        assert!(json["uses"][0]["lastUsedAt"].is_string());
+        assert_eq!(
+            serde_json::from_value::<KeyUsageReport>(json).unwrap(),
+            report
+        );
+    }
 
     #[test]
     fn event_round_trips_as_camel_case_json() {

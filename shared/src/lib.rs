@@ -5,6 +5,7 @@
 //! - [`template`]: the function template language (`{{args.x}}`, `{{secrets.NAME}}`), parsed
 //!   and checked by the control plane, compiled and rendered by the data plane.
 //! - [`seal`]: sealing secret values so that only data planes can open them.
+//! - [`grants`]: the function patterns of an API key's policy and how they match.
 //! - [`api_key`]: generating API keys and the hash that is stored instead of the key.
 //! - [`keys`]: Redis key and channel names.
 //!
@@ -12,6 +13,7 @@
 
 pub mod api_key;
 pub mod events;
+pub mod grants;
 pub mod hosts;
 pub mod keys;
 pub mod seal;

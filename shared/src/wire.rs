@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -61,20 +62,36 @@ pub struct HeaderSpec {
     pub value: String,
 }
 
-/// An API key as the data plane knows it: its hash and what it may invoke.
+/// An API key as the data plane knows it: its hash, what it may invoke and until when.
+///
+/// Revoked keys are never in a snapshot; keys already expired when the snapshot is built are
+/// left out too, and the data plane refuses the others once the clock passes `expires_at`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ApiKeyGrant {
     pub id: Uuid,
     pub name: String,
     pub hash: ApiKeyHash,
-    /// Function names this key may invoke; `*` grants every function.
+    /// Function patterns this key may invoke ([`crate::grants`]): exact names, `*` for every
+    /// function, or globs such as `billing_*`.
     pub functions: Vec<String>,
+    /// When the key stops working (set at creation, or shortened by a rotation's grace
+    /// period); `None` means never.
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 impl ApiKeyGrant {
-    /// Whether this key may invoke `function`.
+    /// Whether this key may invoke `function`: some pattern matches it, anchored
+    /// ([`crate::grants::matches`]).
     pub fn allows(&self, function: &str) -> bool {
-        self.functions.iter().any(|f| f == "*" || f == function)
+        self.functions
+            .iter()
+            .any(|pattern| crate::grants::matches(pattern, function))
+    }
+
+    /// Whether the key has expired at `now`.
+    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|expires_at| now >= expires_at)
     }
 }
 
@@ -101,21 +118,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grant_matches_exact_names_and_star_only() {
+    fn grant_matches_exact_names_star_and_anchored_globs() {
         let grant = ApiKeyGrant {
             id: Uuid::nil(),
             name: "k".into(),
             hash: ApiKeyHash::of("k"),
             functions: vec!["get_user".into()],
+            expires_at: None,
         };
         assert!(grant.allows("get_user"));
         assert!(!grant.allows("get_user_admin"));
         assert!(!grant.allows("get"));
         let all = ApiKeyGrant {
             functions: vec!["*".into()],
-            ..grant
+            ..grant.clone()
         };
         assert!(all.allows("anything"));
+        let globs = ApiKeyGrant {
+            functions: vec!["billing_*".into(), "crm.*".into()],
+            ..grant
+        };
+        assert!(globs.allows("billing_refund"));
+        assert!(!globs.allows("x_billing_refund"));
+        // Not a valid pattern: it matches nothing, not even what a regex would.
+        assert!(!globs.allows("crm.contacts"));
+    }
+
+    #[test]
+    fn expiry_is_inclusive_and_old_snapshots_still_parse() {
+        let now = Utc::now();
+        let grant = ApiKeyGrant {
+            id: Uuid::nil(),
+            name: "k".into(),
+            hash: ApiKeyHash::of("k"),
+            functions: vec!["*".into()],
+            expires_at: Some(now),
+        };
+        assert!(grant.is_expired_at(now));
+        assert!(!grant.is_expired_at(now - chrono::Duration::milliseconds(1)));
+        let mut json = serde_json::to_value(&grant).unwrap();
+        json.as_object_mut().unwrap().remove("expires_at");
+        let parsed: ApiKeyGrant = serde_json::from_value(json).unwrap();
+        assert_eq!(parsed.expires_at, None);
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub mod actions {
     pub const ENVIRONMENT_CREATE: &str = "environment.create";
     pub const FUNCTION_CREATE: &str = "function.create";
     pub const API_KEY_CREATE: &str = "api_key.create";
+    pub const API_KEY_ROTATE: &str = "api_key.rotate";
+    pub const API_KEY_REVOKE: &str = "api_key.revoke";
     pub const SECRET_SET: &str = "secret.set";
     pub const SECRET_HOSTS: &str = "secret.hosts";
     pub const SECRET_ROLLBACK: &str = "secret.rollback";

@@ -46,7 +46,8 @@ pub async fn build(
         .map(|f| (f.spec.name.clone(), f.spec))
         .collect();
     let secrets = current_secrets(&txn, environment_id).await?;
-    let api_keys = api_keys::list_of_environment(&txn, environment_id)
+    // Revoked and expired keys are left out; data planes refuse the others at their expiry.
+    let api_keys = api_keys::usable_of_environment(&txn, environment_id, super::now())
         .await?
         .into_iter()
         .map(|k| ApiKeyGrant {
@@ -54,6 +55,7 @@ pub async fn build(
             name: k.name,
             hash: k.hash,
             functions: k.functions,
+            expires_at: k.expires_at,
         })
         .collect();
     txn.commit().await?;

@@ -11,18 +11,24 @@
 //! While the database is unreachable it keeps the batch and retries with backoff; nothing is
 //! acknowledged that is not stored. On shutdown it stores what it has already received
 //! (the in-process channel is drained) and stops.
+//!
+//! The same transport carries key usage reports ([`airlock_shared::events::KeyUsageReport`]):
+//! they are not events and create no event row; the ingester moves `api_keys.last_used_at`
+//! forward with them ([`crate::domain::api_keys::record_uses`]), once, best effort (a report
+//! lost while the database is down is superseded by the next one a second later).
 
 mod in_process;
 mod redis_stream;
 
 use std::time::Duration;
 
-use airlock_shared::events::GatewayEvent;
+use airlock_shared::events::{GatewayEvent, KeyUse};
 use async_trait::async_trait;
 use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::domain::api_keys;
 use crate::domain::events::{self, StoreOutcome};
 
 pub use in_process::InProcessEvents;
@@ -40,6 +46,8 @@ const STORE_ATTEMPTS_AFTER_STOP: u32 = 3;
 /// Events a source handed over, and what acknowledges them once stored.
 pub struct ReceivedEvents<R> {
     pub events: Vec<GatewayEvent>,
+    /// Key uses reported in the same batch (not events).
+    pub key_usage: Vec<KeyUse>,
     pub receipt: R,
 }
 
@@ -97,6 +105,8 @@ pub struct IngestStats {
     /// Events received but not stored because shutdown came while the database was down.
     /// Redis keeps them pending for another consumer; in process they are lost (logged).
     pub unstored: usize,
+    /// Key uses received in usage reports.
+    pub key_uses: usize,
 }
 
 /// A running ingestion task.
@@ -133,7 +143,17 @@ async fn run<S: EventSource>(
 ) -> IngestStats {
     let mut stats = IngestStats::default();
     while let Some(received) = source.receive(&mut stop).await {
+        if !received.key_usage.is_empty() {
+            if let Err(error) = api_keys::record_uses(&db, &received.key_usage).await {
+                tracing::warn!(error = %error.detail(), keys = received.key_usage.len(), "could not record API key usage; the next report will");
+            }
+            stats.key_uses += received.key_usage.len();
+        }
         let count = received.events.len();
+        if count == 0 {
+            source.acknowledge(received.receipt).await;
+            continue;
+        }
         match store_with_retry(&db, &received.events, &mut stop).await {
             Some(outcome) => {
                 stats.stored += outcome.stored;

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use airlock_shared::events::GatewayEvent;
+use airlock_shared::events::{GatewayEvent, KeyUsageReport};
 use airlock_shared::keys::{RedisNames, EVENTS_GROUP};
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
@@ -23,8 +23,7 @@ use tokio::time::Instant;
 
 use super::{EventSource, ReceivedEvents, StopSignal, MAX_BATCH};
 
-/// Field of a stream entry that holds the event's JSON.
-pub const EVENT_FIELD: &str = "event";
+pub use airlock_shared::events::{EVENT_FIELD, KEY_USAGE_FIELD};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Allowed on top of the `BLOCK` time before a read counts as failed.
@@ -248,10 +247,12 @@ impl RedisEvents {
     /// Parse entries into events; malformed ones are logged and only acknowledged.
     fn parse(&self, entries: Vec<StreamId>) -> ReceivedEvents<StreamReceipt> {
         let mut events = Vec::with_capacity(entries.len());
+        let mut key_usage = Vec::new();
         let mut ids = Vec::with_capacity(entries.len());
         for entry in entries {
             match parse_entry(&entry) {
-                Ok(event) => events.push(event),
+                Ok(StreamMessage::Event(event)) => events.push(event),
+                Ok(StreamMessage::KeyUsage(report)) => key_usage.extend(report.uses),
                 // The reason names the problem, never the content (which could be anything).
                 Err(reason) => tracing::warn!(
                     stream = %self.stream,
@@ -264,6 +265,7 @@ impl RedisEvents {
         }
         ReceivedEvents {
             events,
+            key_usage,
             receipt: StreamReceipt(ids),
         }
     }
@@ -276,21 +278,39 @@ fn is_unknown_command(error: &RedisError) -> bool {
             .is_some_and(|detail| detail.contains("unknown command"))
 }
 
-/// The event in a stream entry, or why there is none.
-fn parse_entry(entry: &StreamId) -> Result<GatewayEvent, String> {
+/// What a stream entry holds.
+#[derive(Debug, PartialEq)]
+enum StreamMessage {
+    Event(GatewayEvent),
+    KeyUsage(KeyUsageReport),
+}
+
+/// The event (or key usage report) in a stream entry, or why there is none.
+fn parse_entry(entry: &StreamId) -> Result<StreamMessage, String> {
+    if let Some(value) = entry.map.get(KEY_USAGE_FIELD) {
+        return parse_field(KEY_USAGE_FIELD, "KeyUsageReport", value).map(StreamMessage::KeyUsage);
+    }
     let Some(value) = entry.map.get(EVENT_FIELD) else {
         return Err(format!("no `{EVENT_FIELD}` field"));
     };
+    parse_field(EVENT_FIELD, "GatewayEvent", value).map(StreamMessage::Event)
+}
+
+fn parse_field<T: serde::de::DeserializeOwned>(
+    field: &str,
+    type_name: &str,
+    value: &redis::Value,
+) -> Result<T, String> {
     let bytes = match value {
         redis::Value::BulkString(bytes) => bytes.as_slice(),
         redis::Value::SimpleString(text) | redis::Value::VerbatimString { text, .. } => {
             text.as_bytes()
         }
-        _ => return Err(format!("the `{EVENT_FIELD}` field is not a string")),
+        _ => return Err(format!("the `{field}` field is not a string")),
     };
     serde_json::from_slice(bytes).map_err(|error| {
         format!(
-            "not a GatewayEvent ({:?} error at line {} column {})",
+            "not a {type_name} ({:?} error at line {} column {})",
             error.classify(),
             error.line(),
             error.column()
@@ -432,7 +452,18 @@ mod tests {
         let json = serde_json::to_vec(&event).unwrap();
         assert_eq!(
             parse_entry(&entry(&[(EVENT_FIELD, Value::BulkString(json))])),
-            Ok(event)
+            Ok(StreamMessage::Event(event))
+        );
+        let report = KeyUsageReport {
+            uses: vec![airlock_shared::events::KeyUse {
+                api_key_id: uuid::Uuid::nil(),
+                last_used_at: chrono::Utc::now(),
+            }],
+        };
+        let json = serde_json::to_vec(&report).unwrap();
+        assert_eq!(
+            parse_entry(&entry(&[(KEY_USAGE_FIELD, Value::BulkString(json))])),
+            Ok(StreamMessage::KeyUsage(report))
         );
 
         assert!(

@@ -1,6 +1,7 @@
 //! API key authentication and function scope.
 
 use airlock_shared::api_key::ApiKeyHash;
+use chrono::{DateTime, Utc};
 use http::HeaderMap;
 
 use super::error::GatewayError;
@@ -32,12 +33,25 @@ pub fn authenticate(snapshot: &Snapshot, headers: &HeaderMap) -> Result<KeyBindi
         .ok_or(GatewayError::Unauthorized)
 }
 
-/// Check the key may invoke `function`.
+/// Refuse a key past its expiry, like an unknown key (`unauthorized`: the same answer
+/// whether the snapshot still lists the key or has already dropped it). Only the clock is
+/// read: the planes' clocks are assumed synchronised (NTP); a data plane whose clock runs
+/// behind accepts an expiring key for as much longer.
+pub fn ensure_unexpired(binding: &KeyBinding, now: DateTime<Utc>) -> Result<(), GatewayError> {
+    if binding.is_expired_at(now) {
+        Err(GatewayError::Unauthorized)
+    } else {
+        Ok(())
+    }
+}
+
+/// Check the key may invoke `function` (its casbin policy, see [`crate::scope`]).
 ///
 /// Checked before the function is looked up, so a key learns nothing about functions it may
-/// not call.
+/// not call: a name its patterns match gets `function_not_found` when it does not exist, any
+/// other name gets `forbidden`.
 pub fn ensure_granted(binding: &KeyBinding, function: &str) -> Result<(), GatewayError> {
-    if binding.grant().allows(function) {
+    if binding.may_invoke(function) {
         Ok(())
     } else {
         Err(GatewayError::Forbidden(function.to_string()))

@@ -217,6 +217,9 @@ impl Gateway {
         ctx.key_id = Some(binding.grant().id);
         ctx.tenant_id = Some(environment.tenant_id);
         ctx.environment_id = Some(environment.environment_id);
+        let now = chrono::Utc::now();
+        auth::ensure_unexpired(&binding, now)?;
+        binding.record_use(now);
         auth::ensure_granted(&binding, &function)?;
         let compiled = environment
             .function(&function)

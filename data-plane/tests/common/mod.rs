@@ -12,7 +12,7 @@ use airlock_data_plane::{
     ConfigSource, DataPlaneConfig, DataPlaneHandle, EventSink, SnapshotDelivery,
 };
 use airlock_shared::api_key::ApiKeyHash;
-use airlock_shared::events::GatewayEvent;
+use airlock_shared::events::{DataPlaneMessage, GatewayEvent, KeyUsageReport};
 use airlock_shared::hosts::HostPattern;
 use airlock_shared::seal::{OpeningKey, OpeningKeyring, SecretIdentity};
 use airlock_shared::wire::{ApiKeyGrant, EnvironmentSnapshot, FunctionSpec, HeaderSpec};
@@ -470,7 +470,20 @@ impl SnapshotBuilder {
             name: format!("key {api_key}"),
             hash: ApiKeyHash::of(api_key),
             functions: functions.iter().map(|f| f.to_string()).collect(),
+            expires_at: None,
         });
+        self
+    }
+
+    /// Like [`SnapshotBuilder::key`], expiring at `expires_at`.
+    pub fn key_expiring(
+        mut self,
+        api_key: &str,
+        functions: &[&str],
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> Self {
+        self = self.key(api_key, functions);
+        self.snapshot.api_keys.last_mut().unwrap().expires_at = Some(expires_at);
         self
     }
 
@@ -524,7 +537,7 @@ impl TestPlane {
     ) -> (Self, EventReceiver) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let plane = Self::start_full(keys, initial, None, EventSink::InProcess(sender)).await;
-        (plane, EventReceiver(receiver))
+        (plane, EventReceiver(receiver, Vec::new()))
     }
 
     pub async fn start_full(
@@ -596,16 +609,42 @@ impl TestPlane {
     }
 }
 
-/// The receiving end of an in-process event sink.
-pub struct EventReceiver(pub UnboundedReceiver<GatewayEvent>);
+/// The receiving end of an in-process event sink. Key usage reports are kept apart from
+/// events.
+pub struct EventReceiver(
+    pub UnboundedReceiver<DataPlaneMessage>,
+    pub Vec<KeyUsageReport>,
+);
 
 impl EventReceiver {
     /// The next event, waiting up to 5 s.
     pub async fn next(&mut self) -> GatewayEvent {
-        tokio::time::timeout(Duration::from_secs(5), self.0.recv())
-            .await
-            .expect("an event within 5 s")
-            .expect("event channel open")
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), self.0.recv())
+                .await
+                .expect("an event within 5 s")
+                .expect("event channel open");
+            match message {
+                DataPlaneMessage::Event(event) => return event,
+                DataPlaneMessage::KeyUsage(report) => self.1.push(report),
+            }
+        }
+    }
+
+    /// The next key usage report, waiting up to 5 s (events arriving meanwhile are dropped).
+    pub async fn next_key_usage(&mut self) -> KeyUsageReport {
+        if !self.1.is_empty() {
+            return self.1.remove(0);
+        }
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), self.0.recv())
+                .await
+                .expect("a key usage report within 5 s")
+                .expect("event channel open");
+            if let DataPlaneMessage::KeyUsage(report) = message {
+                return report;
+            }
+        }
     }
 
     /// The events of request `request_id`, once `count` of them have arrived (events of other
@@ -624,8 +663,11 @@ impl EventReceiver {
     /// Whatever arrived so far, without waiting.
     pub fn drain(&mut self) -> Vec<GatewayEvent> {
         let mut events = Vec::new();
-        while let Ok(event) = self.0.try_recv() {
-            events.push(event);
+        while let Ok(message) = self.0.try_recv() {
+            match message {
+                DataPlaneMessage::Event(event) => events.push(event),
+                DataPlaneMessage::KeyUsage(report) => self.1.push(report),
+            }
         }
         events
     }
