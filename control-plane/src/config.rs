@@ -59,6 +59,30 @@ pub struct ControlArgs {
     /// the provisioning links it hands out; default: `http://` + the request's `Host`.
     #[arg(long, env = "AIRLOCK_PUBLIC_URL")]
     pub public_url: Option<String>,
+    #[command(flatten)]
+    pub oidc: OidcArgs,
+}
+
+/// OpenID Connect sign-in (console) and bearer JWTs (API). All optional; without them only
+/// admin tokens authenticate.
+#[derive(Debug, Args)]
+pub struct OidcArgs {
+    /// Issuer URL of the OpenID provider (`https://login.example.com/realms/acme`), exactly as
+    /// its tokens' `iss`. Enables console sign-in and bearer JWTs.
+    #[arg(long, env = "AIRLOCK_OIDC_ISSUER")]
+    pub oidc_issuer: Option<String>,
+    /// Client id of Airlock's console at the provider.
+    #[arg(long, env = "AIRLOCK_OIDC_CLIENT_ID")]
+    pub oidc_client_id: Option<String>,
+    /// Client secret (prefer AIRLOCK_OIDC_CLIENT_SECRET_FILE: a flag shows in `ps`).
+    #[arg(long, env = "AIRLOCK_OIDC_CLIENT_SECRET", hide_env_values = true)]
+    pub oidc_client_secret: Option<String>,
+    /// File holding the client secret (one line).
+    #[arg(long, env = "AIRLOCK_OIDC_CLIENT_SECRET_FILE")]
+    pub oidc_client_secret_file: Option<PathBuf>,
+    /// The `aud` bearer JWTs must carry; default: the client id.
+    #[arg(long, env = "AIRLOCK_OIDC_AUDIENCE")]
+    pub oidc_audience: Option<String>,
 }
 
 /// `airlock dev`.
@@ -155,6 +179,41 @@ pub struct ControlConfig {
     pub database_url: Option<String>,
     /// Validated public base URL (no trailing slash); `None`: from each request's `Host`.
     pub public_url: Option<String>,
+    /// OpenID Connect sign-in and bearer JWTs; `None`: admin tokens only.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// OpenID Connect settings, validated: all of them or none.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: ClientSecretValue,
+    /// The `aud` required of bearer JWTs.
+    pub audience: String,
+    /// `<public URL>/auth/callback`: the redirect URI to register at the provider.
+    pub redirect_url: String,
+}
+
+/// The OIDC client secret. `Debug` hides it; it is wiped from memory when dropped.
+#[derive(Clone)]
+pub struct ClientSecretValue(zeroize::Zeroizing<String>);
+
+impl ClientSecretValue {
+    pub fn new(secret: String) -> Self {
+        Self(zeroize::Zeroizing::new(secret))
+    }
+
+    /// The secret itself, for the token request.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ClientSecretValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClientSecretValue(..)")
+    }
 }
 
 impl ControlConfig {
@@ -353,12 +412,124 @@ fn control_config(args: ControlArgs) -> Result<ControlConfig, ConfigError> {
     let public_url = non_empty(args.public_url)
         .map(|url| check_public_url(&url))
         .transpose()?;
+    let oidc = oidc_config(args.oidc, public_url.as_deref(), args.control_addr)?;
     Ok(ControlConfig {
         data_dir: args.data_dir,
         control_addr: args.control_addr,
         database_url,
         public_url,
+        oidc,
     })
+}
+
+/// All of issuer, client id and client secret, or none of them (nor an audience).
+fn oidc_config(
+    args: OidcArgs,
+    public_url: Option<&str>,
+    control_addr: SocketAddr,
+) -> Result<Option<OidcConfig>, ConfigError> {
+    let issuer = non_empty(args.oidc_issuer);
+    let client_id = non_empty(args.oidc_client_id);
+    let secret = non_empty(args.oidc_client_secret);
+    let secret_file = args
+        .oidc_client_secret_file
+        .filter(|path| !path.as_os_str().is_empty());
+    let audience = non_empty(args.oidc_audience);
+    if issuer.is_none()
+        && client_id.is_none()
+        && secret.is_none()
+        && secret_file.is_none()
+        && audience.is_none()
+    {
+        return Ok(None);
+    }
+    let mut missing = Vec::new();
+    if issuer.is_none() {
+        missing.push("AIRLOCK_OIDC_ISSUER");
+    }
+    if client_id.is_none() {
+        missing.push("AIRLOCK_OIDC_CLIENT_ID");
+    }
+    if secret.is_none() && secret_file.is_none() {
+        missing.push("AIRLOCK_OIDC_CLIENT_SECRET (or AIRLOCK_OIDC_CLIENT_SECRET_FILE)");
+    }
+    let (Some(issuer), Some(client_id)) = (issuer, client_id) else {
+        return Err(oidc_incomplete(&missing));
+    };
+    let client_secret = match (secret, secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(config_error(
+                "set AIRLOCK_OIDC_CLIENT_SECRET or AIRLOCK_OIDC_CLIENT_SECRET_FILE, not both",
+            ))
+        }
+        (Some(secret), None) => secret.trim().to_string(),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                config_error(format!(
+                    "AIRLOCK_OIDC_CLIENT_SECRET_FILE: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let secret = text.trim().to_string();
+            if secret.is_empty() {
+                return Err(config_error(format!(
+                    "AIRLOCK_OIDC_CLIENT_SECRET_FILE: {} is empty",
+                    path.display()
+                )));
+            }
+            secret
+        }
+        (None, None) => return Err(oidc_incomplete(&missing)),
+    };
+    check_issuer(&issuer)?;
+    let base = match public_url {
+        Some(url) => url.to_string(),
+        None if !control_addr.ip().is_unspecified() => format!("http://{control_addr}"),
+        None => {
+            return Err(config_error(format!(
+                "AIRLOCK_PUBLIC_URL (or --public-url) is required with OpenID Connect when \
+                 listening on {control_addr}: it makes the redirect URI (<public URL>/auth/callback)"
+            )))
+        }
+    };
+    Ok(Some(OidcConfig {
+        audience: audience.unwrap_or_else(|| client_id.clone()),
+        issuer,
+        client_id,
+        client_secret: ClientSecretValue::new(client_secret),
+        redirect_url: format!("{base}/auth/callback"),
+    }))
+}
+
+fn oidc_incomplete(missing: &[&str]) -> ConfigError {
+    config_error(format!(
+        "OpenID Connect needs AIRLOCK_OIDC_ISSUER, AIRLOCK_OIDC_CLIENT_ID and a client secret \
+         together; missing: {}",
+        missing.join(", ")
+    ))
+}
+
+/// An https URL without query, fragment or credentials; plain http only on a loopback host
+/// (a local test provider).
+fn check_issuer(issuer: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| config_error(format!("AIRLOCK_OIDC_ISSUER `{issuer}`: {why}"));
+    let uri: axum::http::Uri = issuer.parse().map_err(|_| bad("is not a URL"))?;
+    let host = uri.host().ok_or_else(|| bad("has no host"))?;
+    if uri.query().is_some() || issuer.contains('#') || issuer.contains('@') {
+        return Err(bad("must not have a query, fragment or credentials"));
+    }
+    let loopback = host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if loopback => Ok(()),
+        Some("http") => Err(bad("must be https (http is accepted for localhost only)")),
+        _ => Err(bad("must be an https URL")),
+    }
 }
 
 #[cfg(test)]
@@ -595,6 +766,116 @@ mod tests {
             (url.as_str(), names.prefix()),
             ("redis://127.0.0.1:6379", "t1")
         );
+    }
+
+    #[test]
+    fn oidc_settings_are_all_or_nothing() {
+        let Ok(Config::Dev(dev)) = parse(&["dev"]) else {
+            panic!("dev config expected");
+        };
+        assert!(dev.control.oidc.is_none());
+        for (args, wanted) in [
+            (
+                &["--oidc-issuer", "https://idp.example.com"][..],
+                "missing: AIRLOCK_OIDC_CLIENT_ID, AIRLOCK_OIDC_CLIENT_SECRET",
+            ),
+            (
+                &["--oidc-client-id", "c", "--oidc-client-secret", "s"][..],
+                "missing: AIRLOCK_OIDC_ISSUER",
+            ),
+            (
+                &["--oidc-audience", "api"][..],
+                "missing: AIRLOCK_OIDC_ISSUER",
+            ),
+            (
+                &[
+                    "--oidc-issuer",
+                    "http://idp.example.com",
+                    "--oidc-client-id",
+                    "c",
+                    "--oidc-client-secret",
+                    "s",
+                ][..],
+                "must be https",
+            ),
+            (
+                &[
+                    "--oidc-issuer",
+                    "https://idp.example.com",
+                    "--oidc-client-id",
+                    "c",
+                    "--oidc-client-secret-file",
+                    "/nonexistent/secret",
+                ][..],
+                "cannot read /nonexistent/secret",
+            ),
+        ] {
+            let mut all = vec!["dev"];
+            all.extend_from_slice(args);
+            let error = parse(&all).err().unwrap();
+            assert!(error.contains(wanted), "{args:?}: {error}");
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let secret_file = dir.path().join("secret");
+        std::fs::write(&secret_file, "s3cret\n").unwrap();
+        let Ok(Config::Dev(dev)) = parse(&[
+            "dev",
+            "--control-addr",
+            "127.0.0.1:9000",
+            "--oidc-issuer",
+            "http://127.0.0.1:4000",
+            "--oidc-client-id",
+            "console",
+            "--oidc-client-secret-file",
+            secret_file.to_str().unwrap(),
+        ]) else {
+            panic!("dev config expected");
+        };
+        let oidc = dev.control.oidc.unwrap();
+        assert_eq!(oidc.client_secret.expose(), "s3cret");
+        assert!(!format!("{oidc:?}").contains("s3cret"));
+        assert_eq!(
+            oidc.audience, "console",
+            "the audience defaults to the client id"
+        );
+        assert_eq!(oidc.redirect_url, "http://127.0.0.1:9000/auth/callback");
+
+        let Ok(Config::Dev(dev)) = parse(&[
+            "dev",
+            "--public-url",
+            "https://airlock.example.com/",
+            "--oidc-issuer",
+            "https://idp.example.com/realms/acme",
+            "--oidc-client-id",
+            "console",
+            "--oidc-client-secret",
+            "s",
+            "--oidc-audience",
+            "https://api.airlock.example.com",
+        ]) else {
+            panic!("dev config expected");
+        };
+        let oidc = dev.control.oidc.unwrap();
+        assert_eq!(oidc.audience, "https://api.airlock.example.com");
+        assert_eq!(
+            oidc.redirect_url,
+            "https://airlock.example.com/auth/callback"
+        );
+        let error = parse(&[
+            "dev",
+            "--control-addr",
+            "0.0.0.0:9000",
+            "--oidc-issuer",
+            "https://idp.example.com",
+            "--oidc-client-id",
+            "c",
+            "--oidc-client-secret",
+            "s",
+        ])
+        .err()
+        .unwrap();
+        assert!(error.contains("AIRLOCK_PUBLIC_URL"), "{error}");
     }
 
     #[test]

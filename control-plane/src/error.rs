@@ -14,9 +14,19 @@ use sea_orm::DbErr;
 /// What went wrong with a request.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// No admin token, or one the database does not know.
-    #[error("a valid admin token is required (Authorization: Bearer <token>)")]
+    /// No credential, or one that is unknown, revoked, expired or otherwise invalid. The
+    /// message never echoes what was presented.
+    #[error("authentication required: sign in, or send Authorization: Bearer <admin token or access token>")]
     Unauthenticated,
+    /// A request authenticated by the session cookie without the session's CSRF token.
+    #[error("this request is authenticated by the session cookie and needs the header X-CSRF-Token (GET /auth/session returns it)")]
+    CsrfTokenInvalid,
+    /// GraphQL over GET (only POST executes operations).
+    #[error("GraphQL operations are executed over POST only")]
+    GetNotSupported,
+    /// Too much of something at once; try again later.
+    #[error("{0}")]
+    RateLimited(&'static str),
     /// Authenticated, but the caller's roles do not allow this here.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
@@ -67,6 +77,9 @@ impl AppError {
         match self {
             Self::Unauthenticated => "UNAUTHENTICATED",
             Self::Forbidden(_) => "FORBIDDEN",
+            Self::CsrfTokenInvalid => "CSRF_TOKEN_INVALID",
+            Self::GetNotSupported => "METHOD_NOT_ALLOWED",
+            Self::RateLimited(_) => "RATE_LIMITED",
             Self::InvalidInput { .. } => "INVALID_INPUT",
             Self::AlreadyExists { .. } => "ALREADY_EXISTS",
             Self::NotFound { .. } => "NOT_FOUND",
@@ -79,7 +92,9 @@ impl AppError {
     pub fn http_status(&self) -> StatusCode {
         match self {
             Self::Unauthenticated => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::CsrfTokenInvalid => StatusCode::FORBIDDEN,
+            Self::GetNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidInput { .. } | Self::Template(_) => StatusCode::BAD_REQUEST,
             Self::AlreadyExists { .. } => StatusCode::CONFLICT,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
@@ -152,6 +167,11 @@ impl IntoResponse for AppError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if matches!(self, Self::GetNotSupported) {
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
         }
         response
     }

@@ -97,6 +97,7 @@ async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
         db: db.clone(),
         public_url: config.control.public_url.clone(),
         authz: load_authz(&db).await?,
+        oidc: start_oidc(&config.control).await?,
     };
     let listener = bind(config.control.control_addr).await?;
     // The data plane reports events over a channel; they are stored like those from Redis.
@@ -116,6 +117,7 @@ async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
     tracing::info!(environments, "published every environment");
     let shutdown = shutdown_signal()?;
     println!("control plane: http://{}/graphql", listener.local_addr()?);
+    print_sign_in(&state, &config.control);
     println!("data plane: http://{}", data_plane.listen_addr());
     print_admin_token(token, data_dir);
 
@@ -143,6 +145,7 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         db: db.clone(),
         public_url: config.control.public_url.clone(),
         authz: load_authz(&db).await?,
+        oidc: start_oidc(&config.control).await?,
     };
     let environments = state.publisher.publish_all().await?;
     tracing::info!(
@@ -160,6 +163,7 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     let listener = bind(config.control.control_addr).await?;
     let shutdown = shutdown_signal()?;
     println!("control plane: http://{}/graphql", listener.local_addr()?);
+    print_sign_in(&state, &config.control);
     print_admin_token(token, data_dir);
 
     let served = serve(listener, state, shutdown).await;
@@ -167,6 +171,29 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(?stats, "event ingestion stopped");
     db.close().await.context("closing the database")?;
     served
+}
+
+/// How long startup waits for the OpenID provider's discovery document before giving up.
+const OIDC_STARTUP_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Discover the OpenID provider, when one is configured. An unreachable provider is retried
+/// for [`OIDC_STARTUP_PATIENCE`], then startup fails: serving without sign-in would look like
+/// a working installation that nobody can sign in to.
+async fn start_oidc(config: &ControlConfig) -> anyhow::Result<Option<auth::oidc::Oidc>> {
+    let Some(oidc) = &config.oidc else {
+        return Ok(None);
+    };
+    let started = auth::oidc::Oidc::discover_with_retry(oidc, OIDC_STARTUP_PATIENCE)
+        .await
+        .map_err(|e| anyhow::anyhow!("OpenID Connect (AIRLOCK_OIDC_ISSUER): {e}"))?;
+    tracing::info!(
+        issuer = %oidc.issuer,
+        client_id = %oidc.client_id,
+        audience = %oidc.audience,
+        redirect_uri = %oidc.redirect_url,
+        "OpenID Connect sign-in enabled"
+    );
+    Ok(Some(started))
 }
 
 /// Connect and migrate. Errors name the setting, never the URL (it may hold a password).
@@ -216,6 +243,14 @@ async fn bootstrap_admin_token(
             Ok(Some(token))
         }
         None => Ok(None),
+    }
+}
+
+/// With OpenID Connect, where people sign in.
+fn print_sign_in(state: &AppState, config: &ControlConfig) {
+    if let (Some(_), Some(oidc)) = (&state.oidc, &config.oidc) {
+        let login = oidc.redirect_url.trim_end_matches("/callback");
+        println!("console sign-in: {login}/login");
     }
 }
 

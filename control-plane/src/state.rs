@@ -3,6 +3,7 @@
 use airlock_shared::seal::SealingKey;
 use sea_orm::DatabaseConnection;
 
+use crate::auth::oidc::Oidc;
 use crate::authz::Authz;
 use crate::publish::ConfigPublisher;
 
@@ -20,4 +21,6 @@ pub struct AppState {
     pub public_url: Option<String>,
     /// Access-control decisions (role assignments loaded from `db`).
     pub authz: Authz,
+    /// OpenID Connect sign-in and bearer JWTs; `None`: admin tokens only.
+    pub oidc: Option<Oidc>,
 }

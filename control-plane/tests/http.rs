@@ -6,9 +6,8 @@ mod common;
 use airlock_control_plane::http::MAX_BODY_BYTES;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use axum::response::Response;
-use common::{Backend, TestApp};
-use serde_json::{json, Value};
+use common::{json_body, send, Backend, TestApp};
+use serde_json::json;
 use tower::ServiceExt;
 
 async fn setup() -> (TestApp, String) {
@@ -23,20 +22,6 @@ fn graphql_post(token: Option<&str>, body: impl Into<Body>) -> Request<Body> {
         request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
     }
     request.body(body.into()).unwrap()
-}
-
-async fn send(app: &TestApp, request: Request<Body>) -> Response {
-    airlock_control_plane::app(app.state.clone())
-        .oneshot(request)
-        .await
-        .unwrap()
-}
-
-async fn json_body(response: Response) -> Value {
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    serde_json::from_slice(&bytes).unwrap()
 }
 
 fn query(text: &str) -> String {

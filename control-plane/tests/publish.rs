@@ -115,6 +115,7 @@ async fn mutations_are_published_through_redis() {
         publisher: ConfigPublisher::new(db.db.clone(), transport),
         public_url: None,
         authz: Authz::load(db.db.clone()).await.unwrap(),
+        oidc: None,
     };
     let schema = build_schema(state);
     let run = |query: &'static str, variables: serde_json::Value| {
@@ -229,6 +230,7 @@ async fn a_failed_publish_does_not_fail_the_mutation_and_is_retried() {
         publisher: ConfigPublisher::new(db.db.clone(), transport),
         public_url: None,
         authz: Authz::load(db.db.clone()).await.unwrap(),
+        oidc: None,
     };
     let schema = build_schema(state);
     let tenant = schema

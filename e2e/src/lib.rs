@@ -264,6 +264,24 @@ fn psql(sql: &str) -> Result<()> {
     Ok(())
 }
 
+/// Extra settings for the `airlock` process (`airlock dev` / `airlock serve`).
+#[derive(Debug, Clone, Default)]
+pub struct AirlockOptions {
+    /// Port of the control plane; `None`: a free one. Set it when a peer must know the URL
+    /// before Airlock starts (an OpenID provider's redirect URI).
+    pub control_port: Option<u16>,
+    /// Extra environment variables (`AIRLOCK_OIDC_ISSUER`, ...).
+    pub env: Vec<(String, String)>,
+}
+
+impl AirlockOptions {
+    /// Add one environment variable.
+    pub fn env(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.env.push((name.to_string(), value.into()));
+        self
+    }
+}
+
 /// A running Airlock: either `airlock dev` (one process) or `airlock serve` +
 /// `airlock-data-plane` over Redis.
 pub struct Airlock {
@@ -280,8 +298,14 @@ pub struct Airlock {
 impl Airlock {
     /// `airlock dev`: both planes in one process, SQLite, no Redis.
     pub async fn dev() -> Result<Self> {
+        Self::dev_with(AirlockOptions::default()).await
+    }
+
+    /// [`dev`](Self::dev) with extra settings.
+    pub async fn dev_with(options: AirlockOptions) -> Result<Self> {
         let data_dir = tempfile::tempdir()?;
-        let (control_port, data_port) = (free_port(), free_port());
+        let control_port = options.control_port.unwrap_or_else(free_port);
+        let data_port = free_port();
         let mut command = Command::new(binary("airlock"));
         command
             .arg("dev")
@@ -291,7 +315,8 @@ impl Airlock {
             .args(["--data-addr", &format!("127.0.0.1:{data_port}")])
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
-            .env("RUST_LOG", "debug");
+            .env("RUST_LOG", "debug")
+            .envs(options.env.iter().map(|(k, v)| (k, v)));
         let mut process = Process::spawn("airlock-dev", command, data_dir.path())?;
         let control_url = format!("http://127.0.0.1:{control_port}");
         let data_url = format!("http://127.0.0.1:{data_port}");
@@ -312,6 +337,15 @@ impl Airlock {
     /// `airlock serve` and `airlock-data-plane` as separate processes over Redis, with
     /// PostgreSQL as the database.
     pub async fn split(database_url: &str, redis_prefix: &str) -> Result<Self> {
+        Self::split_with(database_url, redis_prefix, AirlockOptions::default()).await
+    }
+
+    /// [`split`](Self::split) with extra settings for `airlock serve`.
+    pub async fn split_with(
+        database_url: &str,
+        redis_prefix: &str,
+        options: AirlockOptions,
+    ) -> Result<Self> {
         let data_dir = tempfile::tempdir()?;
         let key_file = data_dir.path().join("seal.key");
         let keygen = Command::new(binary("airlock"))
@@ -333,7 +367,7 @@ impl Airlock {
             .trim()
             .to_string();
 
-        let control_port = free_port();
+        let control_port = options.control_port.unwrap_or_else(free_port);
         let mut serve = Command::new(binary("airlock"));
         serve
             .arg("serve")
@@ -344,7 +378,8 @@ impl Airlock {
             .env("REDIS_URL", "redis://127.0.0.1:6379")
             .env("AIRLOCK_REDIS_PREFIX", redis_prefix)
             .env("AIRLOCK_SEAL_PUBLIC_KEY", &public_key)
-            .env("RUST_LOG", "debug");
+            .env("RUST_LOG", "debug")
+            .envs(options.env.iter().map(|(k, v)| (k, v)));
         let mut control = Process::spawn("airlock-serve", serve, data_dir.path())?;
         let control_url = format!("http://127.0.0.1:{control_port}");
         wait_ready(&format!("{control_url}/healthz"), &mut control).await?;

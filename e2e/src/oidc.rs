@@ -345,13 +345,18 @@ impl OidcProvider {
     /// Start the provider on a free port with `config`; its log and config file go to
     /// `log_dir`. Returns once the discovery document is served.
     pub async fn start(log_dir: &Path, config: OidcConfig) -> Result<Self> {
+        Self::start_on(log_dir, config, free_port()).await
+    }
+
+    /// [`start`](Self::start) on `port`: the same issuer as a provider that ran there
+    /// before (with a new signing key: a key rotation, as its relying parties see it).
+    pub async fn start_on(log_dir: &Path, config: OidcConfig, port: u16) -> Result<Self> {
         let dir = server_dir();
         ensure!(
             dir.join("node_modules/oidc-provider").is_dir(),
             "{}/node_modules is missing: run `npm ci` there (scripts/test does it)",
             dir.display()
         );
-        let port = free_port();
         let issuer = format!("http://127.0.0.1:{port}");
         let mut file = serde_json::to_value(&config)?;
         file["issuer"] = json!(issuer);

@@ -7,7 +7,7 @@
 //!
 //! Every id is a UUID and every timestamp is `timestamp with time zone` (text on SQLite).
 //! No table holds a secret value or an API key in plaintext: secrets are stored sealed
-//! (`secret_versions.sealed`), keys and admin tokens as SHA-256 hashes.
+//! (`secret_versions.sealed`), keys, admin tokens and session ids as SHA-256 hashes.
 
 pub use sea_orm_migration::prelude::*;
 
@@ -24,6 +24,7 @@ mod m20260411_000002_add_secret_hosts_and_version_actors;
 mod m20260411_000003_create_provisioning_links;
 mod m20261203_000001_create_users_and_roles;
 mod m20261203_000002_api_key_lifecycle;
+mod m20261203_000003_create_sessions;
 
 /// Applies the Airlock schema: `Migrator::up(&db, None)`.
 pub struct Migrator;
@@ -45,6 +46,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20260411_000003_create_provisioning_links::Migration),
             Box::new(m20261203_000001_create_users_and_roles::Migration),
             Box::new(m20261203_000002_api_key_lifecycle::Migration),
+            Box::new(m20261203_000003_create_sessions::Migration),
         ]
     }
 }

@@ -104,6 +104,8 @@ pub struct VerifiedToken {
     pub subject: String,
     /// The `email` claim, when the issuer includes one.
     pub email: Option<String>,
+    /// The `email_verified` claim is `true` (absent: `false`).
+    pub email_verified: bool,
     /// The `exp` claim.
     pub expires_at: DateTime<Utc>,
     /// The `scope` claim split on spaces (an array of strings is accepted too); empty without
@@ -225,6 +227,9 @@ struct AccessTokenClaims {
     iat: Option<f64>,
     #[serde(default)]
     email: Option<String>,
+    /// A boolean; some issuers send the string `"true"`.
+    #[serde(default)]
+    email_verified: Option<serde_json::Value>,
     #[serde(default)]
     scope: Option<ScopeClaim>,
 }
@@ -366,6 +371,8 @@ impl Inner {
             issuer,
             subject,
             email: claims.email,
+            email_verified: matches!(&claims.email_verified, Some(serde_json::Value::Bool(true)))
+                || matches!(&claims.email_verified, Some(serde_json::Value::String(s)) if s == "true"),
             expires_at,
             scopes,
         })
@@ -677,7 +684,7 @@ async fn fetch_json<T: DeserializeOwned>(
 }
 
 /// `error` and its sources on one line: reqwest's own message rarely says what failed.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

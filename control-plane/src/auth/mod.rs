@@ -1,4 +1,5 @@
-//! Authentication of API callers that do not use an admin token: bearer JWT access tokens
-//! issued by an external OpenID Connect provider.
+//! Authentication of people and API callers that do not use an admin token: console sign-in
+//! and bearer JWT access tokens, both from an external OpenID Connect provider.
 
 pub mod jwt;
+pub mod oidc;

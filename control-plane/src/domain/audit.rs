@@ -45,6 +45,8 @@ pub enum Actor {
     ProvisioningLink(Uuid),
     /// A data plane (reporting a use of a secret).
     DataPlane,
+    /// A person signed in with OpenID Connect (console session or bearer JWT).
+    User(Uuid),
 }
 
 /// The kind of an [`Actor`], as stored in `actor_type`.
@@ -53,15 +55,17 @@ pub enum ActorType {
     AdminToken,
     ProvisioningLink,
     DataPlane,
+    User,
 }
 
 impl ActorType {
-    /// Stored name: `admin_token`, `provisioning_link`, `data_plane`.
+    /// Stored name: `admin_token`, `provisioning_link`, `data_plane`, `user`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::AdminToken => "admin_token",
             Self::ProvisioningLink => "provisioning_link",
             Self::DataPlane => "data_plane",
+            Self::User => "user",
         }
     }
 
@@ -71,6 +75,7 @@ impl ActorType {
             "admin_token" => Some(Self::AdminToken),
             "provisioning_link" => Some(Self::ProvisioningLink),
             "data_plane" => Some(Self::DataPlane),
+            "user" => Some(Self::User),
             _ => None,
         }
     }
@@ -82,13 +87,14 @@ impl Actor {
             Self::AdminToken(_) => ActorType::AdminToken,
             Self::ProvisioningLink(_) => ActorType::ProvisioningLink,
             Self::DataPlane => ActorType::DataPlane,
+            Self::User(_) => ActorType::User,
         }
     }
 
-    /// The admin token or link id; `None` for a data plane.
+    /// The admin token, link or user id; `None` for a data plane.
     pub fn id(&self) -> Option<Uuid> {
         match self {
-            Self::AdminToken(id) | Self::ProvisioningLink(id) => Some(*id),
+            Self::AdminToken(id) | Self::ProvisioningLink(id) | Self::User(id) => Some(*id),
             Self::DataPlane => None,
         }
     }
@@ -99,6 +105,7 @@ impl Actor {
             (ActorType::AdminToken, Some(id)) => Some(Self::AdminToken(id)),
             (ActorType::ProvisioningLink, Some(id)) => Some(Self::ProvisioningLink(id)),
             (ActorType::DataPlane, _) => Some(Self::DataPlane),
+            (ActorType::User, Some(id)) => Some(Self::User(id)),
             _ => None,
         }
     }
@@ -123,6 +130,10 @@ pub mod actions {
     pub const PROVISIONING_LINK_USE: &str = "provisioning_link.use";
     pub const ROLE_GRANT: &str = "role.grant";
     pub const ROLE_REVOKE: &str = "role.revoke";
+    /// An invitation (`email:<address>`) taken by the user who signed in with that address.
+    pub const ROLE_CLAIM: &str = "role.claim";
+    pub const USER_CREATE: &str = "user.create";
+    pub const USER_SIGN_IN: &str = "user.sign_in";
     pub const ADMIN_TOKEN_CREATE: &str = "admin_token.create";
     pub const ADMIN_TOKEN_REVOKE: &str = "admin_token.revoke";
 }
@@ -137,6 +148,7 @@ pub mod targets {
     pub const PROVISIONING_LINK: &str = "provisioning_link";
     pub const ROLE_ASSIGNMENT: &str = "role_assignment";
     pub const ADMIN_TOKEN: &str = "admin_token";
+    pub const USER: &str = "user";
 }
 
 /// One entry to record. Build it with [`AuditEntry::new`] and the setters, or as a literal.
@@ -437,6 +449,7 @@ mod tests {
             Actor::AdminToken(id),
             Actor::ProvisioningLink(id),
             Actor::DataPlane,
+            Actor::User(id),
         ] {
             assert_eq!(
                 Actor::from_stored(actor.actor_type().as_str(), actor.id()),

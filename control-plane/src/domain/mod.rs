@@ -17,8 +17,10 @@ pub mod provisioning;
 pub mod reseal;
 pub mod roles;
 pub mod secrets;
+pub mod sessions;
 pub mod snapshot;
 pub mod tenants;
+pub mod users;
 
 use chrono::{DateTime, SubsecRound, Utc};
 use sea_orm::{

@@ -195,3 +195,75 @@ pub(crate) async fn grant_superadmin_in(
     .await?;
     Ok(())
 }
+
+/// Move every role granted to the invitation `email:<email>` to `user` (inside `txn`, with
+/// an audit entry each). A role the user already holds in the same place just loses its
+/// invitation. Returns how many invitations were taken: when any were, reload
+/// [`crate::authz::Authz`]. Call only with an email address the issuer has verified.
+pub(crate) async fn claim_invitations_in(
+    txn: &impl sea_orm::ConnectionTrait,
+    email: &str,
+    user: Uuid,
+) -> Result<usize, AppError> {
+    let Ok(invitation @ Principal::Email(_)) = Principal::parse(&format!("email:{email}")) else {
+        return Ok(0);
+    };
+    let user_principal = Principal::User(user).to_string();
+    let invitations = role_assignment::Entity::find()
+        .filter(role_assignment::Column::Principal.eq(invitation.to_string()))
+        .all(txn)
+        .await?;
+    for model in &invitations {
+        let held = role_assignment::Entity::find()
+            .filter(role_assignment::Column::Principal.eq(&user_principal))
+            .filter(role_assignment::Column::Role.eq(&model.role))
+            .filter(role_assignment::Column::Domain.eq(&model.domain))
+            .one(txn)
+            .await?;
+        let claimed = if held.is_some() {
+            model.clone().delete(txn).await?;
+            model.clone()
+        } else {
+            let mut active: role_assignment::ActiveModel = model.clone().into();
+            active.principal = Set(user_principal.clone());
+            active.update(txn).await?
+        };
+        let mut audit_entry = entry(Actor::User(user), actions::ROLE_CLAIM, &claimed);
+        audit_entry.detail = json!({
+            "invitation": model.principal,
+            "principal": user_principal,
+            "role": model.role,
+            "domain": model.domain,
+        });
+        audit::record(txn, audit_entry).await?;
+    }
+    Ok(invitations.len())
+}
+
+/// Whether any role is waiting for the user who signs in with `email`.
+pub(crate) async fn has_invitations(
+    db: &impl sea_orm::ConnectionTrait,
+    email: &str,
+) -> Result<bool, AppError> {
+    let Ok(invitation @ Principal::Email(_)) = Principal::parse(&format!("email:{email}")) else {
+        return Ok(false);
+    };
+    Ok(role_assignment::Entity::find()
+        .filter(role_assignment::Column::Principal.eq(invitation.to_string()))
+        .count(db)
+        .await?
+        > 0)
+}
+
+/// The roles `principal` holds, and where (oldest first).
+pub async fn held_by(
+    db: &DatabaseConnection,
+    principal: &Principal,
+) -> Result<Vec<role_assignment::Model>, AppError> {
+    Ok(role_assignment::Entity::find()
+        .filter(role_assignment::Column::Principal.eq(principal.to_string()))
+        .order_by_asc(role_assignment::Column::CreatedAt)
+        .order_by_asc(role_assignment::Column::Id)
+        .all(db)
+        .await?)
+}

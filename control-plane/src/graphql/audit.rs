@@ -18,15 +18,17 @@ pub enum ActorType {
     ProvisioningLink,
     /// A data plane (uses of secrets).
     DataPlane,
+    /// A person signed in with OpenID Connect.
+    User,
 }
 
-/// Who did something: an admin token, a provisioning link (by id) or a data plane.
+/// Who did something: an admin token, a provisioning link, a user (by id) or a data plane.
 #[derive(SimpleObject, Clone, Debug)]
 #[graphql(name = "Actor")]
 pub struct ActorObject {
     #[graphql(name = "type")]
     pub actor_type: ActorType,
-    /// The admin token or provisioning link id; null for a data plane.
+    /// The admin token, provisioning link or user id; null for a data plane.
     pub id: Option<ID>,
 }
 
@@ -36,6 +38,7 @@ impl From<audit::Actor> for ActorObject {
             audit::ActorType::AdminToken => ActorType::AdminToken,
             audit::ActorType::ProvisioningLink => ActorType::ProvisioningLink,
             audit::ActorType::DataPlane => ActorType::DataPlane,
+            audit::ActorType::User => ActorType::User,
         };
         Self {
             actor_type,

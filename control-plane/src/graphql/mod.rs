@@ -11,6 +11,7 @@ pub mod provisioning;
 pub mod role;
 pub mod secret;
 pub mod tenant;
+pub mod viewer;
 
 use async_graphql::{Context, EmptySubscription, MergedObject, Schema, ID};
 use uuid::Uuid;
@@ -46,6 +47,7 @@ pub struct QueryRoot(
     event::EventQuery,
     role::RoleQuery,
     admin_token::AdminTokenQuery,
+    viewer::ViewerQuery,
 );
 
 /// Every mutation.

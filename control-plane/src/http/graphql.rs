@@ -4,33 +4,40 @@ use async_graphql::http::{receive_body, GraphiQLSource, MultipartOptions};
 use async_graphql::Value;
 use async_graphql_axum::GraphQLResponse;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{RawQuery, Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use tracing::Instrument;
 
-use super::{HttpState, MAX_BODY_BYTES};
-use crate::authz::Caller;
-use crate::domain::admin_tokens;
+use super::{auth, HttpState, MAX_BODY_BYTES};
 use crate::error::AppError;
 use crate::graphql::RequestOrigin;
 
 /// GraphiQL. The page itself needs no token; its requests do (set `Authorization` in its
-/// Headers tab).
-pub(crate) async fn graphiql() -> Html<String> {
+/// Headers tab). GraphQL is never executed over GET: a GET with a `query` parameter is refused,
+/// so no link or image tag can run an operation with someone's session cookie.
+pub(crate) async fn graphiql(RawQuery(query): RawQuery) -> Response {
+    let has_operation = query.as_deref().is_some_and(|q| {
+        q.split('&')
+            .any(|pair| pair.split('=').next() == Some("query"))
+    });
+    if has_operation {
+        return AppError::GetNotSupported.into_response();
+    }
     Html(
         GraphiQLSource::build()
             .endpoint("/graphql")
             .title("Airlock")
             .finish(),
     )
+    .into_response()
 }
 
 /// Authenticate, then execute one GraphQL request. Follows GraphQL-over-HTTP: the response is
 /// `application/graphql-response+json`, and a request that fails before execution (parse or
 /// validation error, limits exceeded) gets 400.
 pub(crate) async fn execute(State(http): State<HttpState>, request: Request) -> Response {
-    let caller = match authenticate(&http, request.headers()).await {
+    let caller = match auth::authenticate(&http, request.headers()).await {
         Ok(caller) => caller,
         Err(error) => return error.into_response(),
     };
@@ -69,21 +76,6 @@ pub(crate) async fn execute(State(http): State<HttpState>, request: Request) -> 
         StatusCode::OK
     };
     (status, GraphQLResponse::from(response)).into_response()
-}
-
-/// The caller, from `Authorization: Bearer <admin token>`.
-async fn authenticate(http: &HttpState, headers: &HeaderMap) -> Result<Caller, AppError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        })
-        .ok_or(AppError::Unauthenticated)?;
-    admin_tokens::authenticate(&http.app.db, token)
-        .await?
-        .ok_or(AppError::Unauthenticated)
 }
 
 /// `http://<authority>` as the client addressed this server (`Host`, or the HTTP/2

@@ -1,11 +1,13 @@
-//! HTTP surface: the GraphQL endpoint (and GraphiQL), provisioning link pages, health checks.
+//! HTTP surface: the GraphQL endpoint (and GraphiQL), console sign-in (`/auth/...`),
+//! provisioning link pages, health checks.
 
+pub mod auth;
 mod graphql;
 mod health;
 mod provision;
 
 use axum::extract::DefaultBodyLimit;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
@@ -38,6 +40,10 @@ pub fn router(state: AppState) -> Router {
                 // reading at the limit when no length is declared.
                 .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES)),
         )
+        .route("/auth/login", get(auth::login))
+        .route("/auth/callback", get(auth::callback))
+        .route("/auth/logout", post(auth::logout))
+        .route("/auth/session", get(auth::session))
         // Provisioning links: no admin token, the link's token is the credential.
         .route(
             "/provision/{token}",
@@ -52,7 +58,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The span of one request: method and path, with a provisioning link's token (a credential)
-/// replaced and no query string, so request logs never carry one.
+/// replaced and no query string (the sign-in callback's carries a code), so request logs
+/// never carry one.
 fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     tracing::debug_span!(
         "request",

@@ -38,6 +38,8 @@ pub const TABLES: &[&str] = &[
     "provisioning_links",
     "users",
     "role_assignments",
+    "sessions",
+    "login_attempts",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -288,6 +290,7 @@ impl TestApp {
             publisher: ConfigPublisher::new(db.db.clone(), InProcessTransport::new(sender)),
             public_url: None,
             authz: Authz::load(db.db.clone()).await.unwrap(),
+            oidc: None,
         };
         Self {
             schema: build_schema(state.clone()),
@@ -450,4 +453,24 @@ macro_rules! on_both_backends {
             }
         )*
     };
+}
+
+/// Send `request` through the whole router (`app(state)`), as a client would.
+pub async fn send(
+    app: &TestApp,
+    request: axum::http::Request<axum::body::Body>,
+) -> axum::response::Response {
+    use tower::ServiceExt as _;
+    airlock_control_plane::app(app.state.clone())
+        .oneshot(request)
+        .await
+        .unwrap()
+}
+
+/// A response's body as JSON.
+pub async fn json_body(response: axum::response::Response) -> Value {
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
 }
