@@ -147,6 +147,10 @@ pub enum JwtError {
     /// A required claim is absent.
     #[error("the access token has no `{0}` claim")]
     MissingClaim(&'static str),
+    /// An OpenID Connect ID token (it carries `nonce` or `at_hash`): it proves a sign-in to
+    /// its client, it does not authorize API calls. Refused even when its audience matches.
+    #[error("an ID token is not an access token")]
+    IdToken,
     /// The discovery document or the JWKS could not be fetched or parsed, or holds no usable
     /// key. Detail for operators; it names URLs, never tokens.
     #[error("cannot load the issuer's signing keys: {0}")]
@@ -232,6 +236,11 @@ struct AccessTokenClaims {
     email_verified: Option<serde_json::Value>,
     #[serde(default)]
     scope: Option<ScopeClaim>,
+    /// Only in ID tokens (OpenID Connect Core 2 and 3.1.3.6).
+    #[serde(default)]
+    nonce: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    at_hash: Option<serde::de::IgnoredAny>,
 }
 
 /// `scope` is a space-separated string (RFC 8693, RFC 9068); some issuers send an array.
@@ -355,6 +364,11 @@ impl Inner {
             if iat > latest as f64 {
                 return Err(JwtError::NotYetValid);
             }
+        }
+        // The console's own ID tokens have our audience too (the client id, by default): they
+        // must not double as bearer tokens.
+        if claims.nonce.is_some() || claims.at_hash.is_some() {
+            return Err(JwtError::IdToken);
         }
         // Required and checked by `decode`; matched again rather than unwrapped.
         let issuer = claims.iss.ok_or(JwtError::MissingClaim("iss"))?;
@@ -1038,6 +1052,24 @@ mod tests {
             assert_eq!(
                 validator.validate(&key_a().sign(&claims)).await,
                 Err(JwtError::WrongAudience)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn rejects_an_id_token_for_our_audience() {
+        let fake = FakeIssuer::start(&[key_a()]).await;
+        let validator = fake.validator().await;
+        assert!(validator
+            .validate(&key_a().sign(&fake.claims()))
+            .await
+            .is_ok());
+        for (claim, value) in [("nonce", json!("n-1")), ("at_hash", json!("abc"))] {
+            let claims = with(fake.claims(), claim, value);
+            assert_eq!(
+                validator.validate(&key_a().sign(&claims)).await,
+                Err(JwtError::IdToken),
+                "{claim}"
             );
         }
     }
