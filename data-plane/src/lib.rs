@@ -21,6 +21,15 @@ pub mod snapshot;
 mod sync;
 mod tls;
 
+/// The request-path steps that `benches/hot_path.rs` measures and that are otherwise internal
+/// to the proxy: rendering an invocation (template, secrets, host binding, HTTP types) and
+/// redacting a response body. Re-exported as they are, so the benchmarks run the code the
+/// proxy runs; not meant for other crates.
+pub mod hot_path {
+    pub use crate::proxy::redact::{RedactionIndex, RequestRedaction, SecretSet, StreamRedactor};
+    pub use crate::proxy::render::{render, Invocation};
+}
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::Arc;

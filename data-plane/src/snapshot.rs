@@ -231,12 +231,12 @@ impl CompiledEnvironment {
     }
 
     /// The redaction automaton for this environment's secrets.
-    pub(crate) fn redaction(&self) -> &Arc<RedactionIndex> {
+    pub fn redaction(&self) -> &Arc<RedactionIndex> {
         &self.redaction
     }
 
     /// The set of the named (opened) secrets, for redaction.
-    pub(crate) fn secret_set<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> SecretSet {
+    pub fn secret_set<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> SecretSet {
         SecretSet::of(
             names
                 .into_iter()

@@ -32,7 +32,7 @@
 mod auth;
 pub mod error;
 pub(crate) mod redact;
-mod render;
+pub(crate) mod render;
 mod report;
 mod route;
 mod upstream;
