@@ -266,8 +266,13 @@ impl KeyBinding {
 
     /// Whether the key's policy lets it invoke `function` (which need not exist).
     pub fn may_invoke(&self, function: &str) -> bool {
-        let slot = self.environment.function(function).map(|f| f.slot);
-        self.environment.scopes[self.grant_index].allows(slot, function)
+        self.may_invoke_found(function, self.environment.function(function).map(|f| &**f))
+    }
+
+    /// [`Self::may_invoke`] for a caller that has already looked `function` up in the key's
+    /// environment (`found`), so the request path does one lookup, not two.
+    pub fn may_invoke_found(&self, function: &str, found: Option<&CompiledFunction>) -> bool {
+        self.environment.scopes[self.grant_index].allows(found.map(|f| f.slot), function)
     }
 
     /// Whether the key has expired at `now`.
@@ -679,10 +684,10 @@ mod tests {
         let snap = store.load();
         let a_binding = snap.key(&ApiKeyHash::of("key-a")).unwrap();
         assert_eq!(a_binding.environment.environment_id, ENV_A);
-        assert!(a_binding.grant().allows("anything"));
+        assert!(a_binding.may_invoke("anything"));
         let b_binding = snap.key(&ApiKeyHash::of("key-b")).unwrap();
         assert_eq!(b_binding.environment.environment_id, ENV_B);
-        assert!(!b_binding.grant().allows("other"));
+        assert!(!b_binding.may_invoke("other"));
         assert!(snap.key(&ApiKeyHash::of("nope")).is_none());
         // Applying B shared A instead of copying it.
         assert!(Arc::ptr_eq(

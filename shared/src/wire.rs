@@ -81,14 +81,6 @@ pub struct ApiKeyGrant {
 }
 
 impl ApiKeyGrant {
-    /// Whether this key may invoke `function`: some pattern matches it, anchored
-    /// ([`crate::grants::matches`]).
-    pub fn allows(&self, function: &str) -> bool {
-        self.functions
-            .iter()
-            .any(|pattern| crate::grants::matches(pattern, function))
-    }
-
     /// Whether the key has expired at `now`.
     pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|expires_at| now >= expires_at)
@@ -116,33 +108,6 @@ pub struct GatewayErrorDetail {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn grant_matches_exact_names_star_and_anchored_globs() {
-        let grant = ApiKeyGrant {
-            id: Uuid::nil(),
-            name: "k".into(),
-            hash: ApiKeyHash::of("k"),
-            functions: vec!["get_user".into()],
-            expires_at: None,
-        };
-        assert!(grant.allows("get_user"));
-        assert!(!grant.allows("get_user_admin"));
-        assert!(!grant.allows("get"));
-        let all = ApiKeyGrant {
-            functions: vec!["*".into()],
-            ..grant.clone()
-        };
-        assert!(all.allows("anything"));
-        let globs = ApiKeyGrant {
-            functions: vec!["billing_*".into(), "crm.*".into()],
-            ..grant
-        };
-        assert!(globs.allows("billing_refund"));
-        assert!(!globs.allows("x_billing_refund"));
-        // Not a valid pattern: it matches nothing, not even what a regex would.
-        assert!(!globs.allows("crm.contacts"));
-    }
 
     #[test]
     fn expiry_is_inclusive_and_old_snapshots_still_parse() {

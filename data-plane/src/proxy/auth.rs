@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use http::HeaderMap;
 
 use super::error::GatewayError;
-use crate::snapshot::{KeyBinding, Snapshot};
+use crate::snapshot::{CompiledFunction, KeyBinding, Snapshot};
 
 /// The API key presented as `Authorization: Bearer <key>`. Anything else (no header, several
 /// headers, another scheme, an empty or oddly shaped token) is `None`.
@@ -50,8 +50,12 @@ pub fn ensure_unexpired(binding: &KeyBinding, now: DateTime<Utc>) -> Result<(), 
 /// Checked before the function is looked up, so a key learns nothing about functions it may
 /// not call: a name its patterns match gets `function_not_found` when it does not exist, any
 /// other name gets `forbidden`.
-pub fn ensure_granted(binding: &KeyBinding, function: &str) -> Result<(), GatewayError> {
-    if binding.may_invoke(function) {
+pub fn ensure_granted(
+    binding: &KeyBinding,
+    function: &str,
+    found: Option<&CompiledFunction>,
+) -> Result<(), GatewayError> {
+    if binding.may_invoke_found(function, found) {
         Ok(())
     } else {
         Err(GatewayError::Forbidden(function.to_string()))

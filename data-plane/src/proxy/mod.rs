@@ -220,10 +220,9 @@ impl Gateway {
         let now = chrono::Utc::now();
         auth::ensure_unexpired(&binding, now)?;
         binding.record_use(now);
-        auth::ensure_granted(&binding, &function)?;
-        let compiled = environment
-            .function(&function)
-            .ok_or_else(|| GatewayError::FunctionNotFound(function.clone()))?;
+        let found = environment.function(&function);
+        auth::ensure_granted(&binding, &function, found.map(|f| &**f))?;
+        let compiled = found.ok_or_else(|| GatewayError::FunctionNotFound(function.clone()))?;
         ctx.upstream_host = Some(compiled.template.host.clone());
 
         let body = read_invoke_body(session).await?;
