@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use airlock_control_plane::authz::{Caller, Principal};
 use airlock_control_plane::domain::admin_tokens;
 use airlock_control_plane::domain::audit::Actor;
+use airlock_control_plane::domain::users::{self, Identity};
 use common::{Backend, TestApp};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -280,6 +281,27 @@ async fn principal_with(app: &TestApp, name: &str, role: Option<(&str, &str)>) -
     }
 }
 
+/// A person signed in with OpenID Connect holding `role` in `tenant`: resolvers must treat
+/// users like tokens (the audit actor differs, nothing else).
+async fn user_with(app: &TestApp, name: &str, role: &str, tenant: &str) -> Caller {
+    let signed_in = users::sign_in(
+        &app.db.db,
+        &Identity::new("https://idp.example.test", name, None, false),
+    )
+    .await
+    .unwrap();
+    let id = signed_in.user.id;
+    app.ok(
+        GRANT,
+        json!({ "p": format!("user:{id}"), "r": role.to_uppercase(), "t": tenant, "e": null }),
+    )
+    .await;
+    Caller {
+        actor: Actor::User(id),
+        principal: Principal::User(id),
+    }
+}
+
 /// The error code of a response, or `None` when it succeeded.
 fn error_code(response: &async_graphql::Response) -> Option<String> {
     response.errors.first().map(|error| {
@@ -325,6 +347,10 @@ async fn every_role_against_every_operation_follows_the_role_table() {
             role,
             principal_with(app, &format!("as_{role}"), Some((role, &world.tenant_a))).await,
         ));
+        callers.push((
+            role,
+            user_with(app, &format!("user_{role}"), role, &world.tenant_a).await,
+        ));
     }
     let nobody = principal_with(app, "as_nobody", None).await;
 
@@ -342,7 +368,8 @@ async fn every_role_against_every_operation_follows_the_role_table() {
             };
             if got != want {
                 mismatches.push(format!(
-                    "{role} {operation_name}: got {got:?}, want {want:?} ({:?})",
+                    "{role} ({:?}) {operation_name}: got {got:?}, want {want:?} ({:?})",
+                    caller.actor.actor_type(),
                     response.errors
                 ));
             }

@@ -63,7 +63,7 @@ pub struct ProvisioningLink {
     pub id: Uuid,
     pub environment_id: Uuid,
     pub secrets: Vec<LinkSecret>,
-    /// The admin token that created it.
+    /// The admin token or user that created it (the audit entry says which).
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
@@ -140,14 +140,16 @@ pub fn link_url(base_url: &str, token: &str) -> String {
 
 /// Create a link for `secrets` of an environment, expiring after `expires_in_seconds`
 /// ([`MIN_EXPIRES_IN_SECONDS`] to [`MAX_EXPIRES_IN_SECONDS`]). `created_by` is the admin
-/// token creating it.
+/// token or signed-in user creating it.
 pub async fn create(
     db: &DatabaseConnection,
-    created_by: Uuid,
+    created_by: Actor,
     environment_id: Uuid,
     secrets: &[NewLinkSecret],
     expires_in_seconds: i32,
 ) -> Result<CreatedLink, AppError> {
+    // Only GraphQL callers (tokens and users) create links; both have an id.
+    let creator_id = created_by.id().ok_or(AppError::Unauthenticated)?;
     if !(MIN_EXPIRES_IN_SECONDS..=MAX_EXPIRES_IN_SECONDS).contains(&expires_in_seconds) {
         return Err(AppError::invalid(
             "expiresInSeconds",
@@ -213,7 +215,7 @@ pub async fn create(
         environment_id: Set(environment_id),
         secrets: Set(serde_json::to_string(&wanted).map_err(AppError::internal)?),
         token_hash: Set(token_hash(&token)),
-        created_by: Set(created_by),
+        created_by: Set(creator_id),
         created_at: Set(at),
         expires_at: Set(at + Duration::seconds(i64::from(expires_in_seconds))),
         used_at: Set(None),
@@ -225,7 +227,7 @@ pub async fn create(
     audit::record(
         &txn,
         AuditEntry::new(
-            Actor::AdminToken(created_by),
+            created_by,
             actions::PROVISIONING_LINK_CREATE,
             targets::PROVISIONING_LINK,
         )

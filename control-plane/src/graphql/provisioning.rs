@@ -8,7 +8,6 @@ use chrono::{DateTime, Utc};
 use super::{actor, parse_id, state, to_id, RequestOrigin};
 use crate::authz::guard::{Can, Target};
 use crate::authz::Permission;
-use crate::domain::audit::Actor;
 use crate::domain::provisioning::{self, NewLinkSecret};
 use crate::error::{AppError, GraphqlResultExt};
 
@@ -144,9 +143,7 @@ impl ProvisioningMutation {
         input: CreateProvisioningLinkInput,
     ) -> Result<CreatedProvisioningLink> {
         let state = state(ctx);
-        let Actor::AdminToken(created_by) = actor(ctx).gql()? else {
-            return Err(AppError::Unauthenticated.to_graphql());
-        };
+        let created_by = actor(ctx).gql()?;
         let environment_id = parse_id("environmentId", &input.environment_id).gql()?;
         let base_url = match (&state.public_url, ctx.data_opt::<RequestOrigin>()) {
             (Some(configured), _) => configured.clone(),
