@@ -3,20 +3,16 @@
 //! A token is `atk_` followed by 32 random bytes in URL-safe base64. Only its SHA-256 is
 //! stored; like API keys, a fast hash is right for a high-entropy random token.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use rand::RngCore;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, EntityTrait, PaginatorTrait,
     QueryFilter, QueryOrder, Set,
 };
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::audit::{self, actions, targets, Actor, AuditEntry};
-use super::{begin_write, names, now, roles};
+use super::{begin_write, names, now, roles, tokens};
 use crate::authz::{Caller, Principal};
 use crate::entity::admin_token;
 use crate::error::AppError;
@@ -42,13 +38,11 @@ impl std::fmt::Debug for NewAdminToken {
 
 /// Hex SHA-256 of a presented token: what the database holds.
 pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    tokens::sha256_hex(token)
 }
 
 fn generate_plaintext() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{TOKEN_MARKER}{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("{TOKEN_MARKER}{}", tokens::random_token())
 }
 
 /// Whether `text` has the shape of an admin token.

@@ -20,6 +20,7 @@ pub mod secrets;
 pub mod sessions;
 pub mod snapshot;
 pub mod tenants;
+pub mod tokens;
 pub mod users;
 
 use chrono::{DateTime, SubsecRound, Utc};

@@ -13,10 +13,7 @@
 
 use airlock_shared::hosts::HostPattern;
 use airlock_shared::seal::SealingKey;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, Duration, Utc};
-use rand::RngCore;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, IntoActiveModel, QueryFilter,
@@ -24,13 +21,12 @@ use sea_orm::{
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::audit::{self, actions, targets, Actor, AuditEntry};
 use super::environments::{self, lock_environment};
 use super::secrets::{self, Secret};
-use super::{begin_write, names, not_found, now};
+use super::{begin_write, names, not_found, now, tokens};
 use crate::entity::{provisioning_link, secret};
 use crate::error::AppError;
 
@@ -124,13 +120,11 @@ impl std::fmt::Debug for CreatedLink {
 
 /// Hex SHA-256 of a token: what the database holds.
 pub fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    tokens::sha256_hex(token)
 }
 
 fn generate_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    format!("{TOKEN_MARKER}{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("{TOKEN_MARKER}{}", tokens::random_token())
 }
 
 /// The link's URL under `base_url` (`scheme://authority[/path]`, no trailing slash needed).

@@ -12,18 +12,15 @@
 //! derivation is stored. A callback from another browser (login CSRF) or with a replayed or
 //! made-up state finds nothing to complete.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use chrono::{DateTime, TimeDelta, Utc};
-use rand::RngCore;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     Set,
 };
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::now;
+use super::tokens::{random_token, sha256_hex_parts};
 use crate::entity::{login_attempt, session, user};
 use crate::error::AppError;
 
@@ -33,23 +30,6 @@ pub const SESSION_TTL: TimeDelta = TimeDelta::hours(12);
 pub const LOGIN_TTL: TimeDelta = TimeDelta::minutes(10);
 /// Marker every session token starts with.
 pub const SESSION_MARKER: &str = "ses_";
-
-/// 32 random bytes, URL-safe base64 (43 characters).
-fn random_token() -> String {
-    let mut bytes = [0u8; 32];
-    rand::rng().fill_bytes(&mut bytes);
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn sha256_hex(parts: &[&str]) -> String {
-    let mut hasher = Sha256::new();
-    for part in parts {
-        hasher.update(part.as_bytes());
-        // A separator no part contains, so ("ab", "c") and ("a", "bc") differ.
-        hasher.update([0u8]);
-    }
-    hex::encode(hasher.finalize())
-}
 
 /// Equal strings, in time independent of where they differ.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
@@ -76,7 +56,7 @@ impl std::fmt::Debug for NewSession {
 
 /// The CSRF token of the session whose cookie value is `session_token`.
 pub fn csrf_token(session_token: &str) -> String {
-    sha256_hex(&["airlock-csrf", session_token])
+    sha256_hex_parts(&["airlock-csrf", session_token])
 }
 
 /// Whether `presented` (the `X-CSRF-Token` header) is the CSRF token of `session_token`.
@@ -85,7 +65,7 @@ pub fn csrf_matches(session_token: &str, presented: &str) -> bool {
 }
 
 fn session_hash(token: &str) -> String {
-    sha256_hex(&["airlock-session", token])
+    sha256_hex_parts(&["airlock-session", token])
 }
 
 /// Start a session for `user_id`. Expired sessions of anyone are removed on the way.
@@ -177,18 +157,18 @@ impl LoginSecrets {
     /// allows 43-128 of `[A-Za-z0-9-._~]`).
     fn derive(browser_secret: &str) -> Self {
         Self {
-            pkce_verifier: sha256_hex(&["airlock-pkce-verifier", browser_secret]),
-            nonce: sha256_hex(&["airlock-nonce", browser_secret]),
+            pkce_verifier: sha256_hex_parts(&["airlock-pkce-verifier", browser_secret]),
+            nonce: sha256_hex_parts(&["airlock-nonce", browser_secret]),
         }
     }
 }
 
 fn binding_hash(browser_secret: &str) -> String {
-    sha256_hex(&["airlock-login-binding", browser_secret])
+    sha256_hex_parts(&["airlock-login-binding", browser_secret])
 }
 
 fn state_hash(state: &str) -> String {
-    sha256_hex(&["airlock-login-state", state])
+    sha256_hex_parts(&["airlock-login-state", state])
 }
 
 /// Most sign-ins pending at once. Starting one needs no credential, so this bounds what a
