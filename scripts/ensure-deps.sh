@@ -69,3 +69,17 @@ ensure_postgres() {
     psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='test'" | grep -q 1 \
         || psql -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE test" >/dev/null
 }
+
+# Benchmark tools (scripts/bench): nginx (baselines A and B), wrk (peak throughput), oha
+# (open-loop latency with latency correction, from crates.io), taskset (util-linux, CPU pinning).
+ensure_bench_tools() {
+    [ -x /usr/sbin/nginx ] || command -v nginx >/dev/null || apt_install nginx
+    command -v wrk >/dev/null || apt_install wrk
+    command -v taskset >/dev/null || apt_install util-linux
+    if ! command -v oha >/dev/null; then
+        [ "${AIRLOCK_SKIP_INSTALL:-}" = 1 ] && { echo "missing: oha (cargo install oha)" >&2; return 1; }
+        echo "==> installing oha $AIRLOCK_OHA_VERSION from crates.io (once; a few minutes)"
+        cargo install oha --locked --version "$AIRLOCK_OHA_VERSION" --quiet
+    fi
+}
+AIRLOCK_OHA_VERSION=1.16.0

@@ -25,21 +25,23 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// Path of a workspace binary next to the running test executable (`target/debug/`).
+/// Path of a workspace binary built beside the running executable: a test in
+/// `target/<profile>/deps/` or a program (the benchmark harness) in `target/<profile>/`.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/debug/deps/<test> -> target/debug/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} not found: build the binaries first (`cargo build --bins`)",
-        path.display()
-    );
-    path
+    let dir = exe.parent().expect("an executable lives in a directory");
+    let candidates = [Some(dir), dir.parent()];
+    let found = candidates
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join(name))
+        .find(|path| path.exists());
+    found.unwrap_or_else(|| {
+        panic!(
+            "{name} not found beside {}: build the binaries first (`cargo build --bins`)",
+            exe.display()
+        )
+    })
 }
 
 /// A child process that is killed when dropped. Its stdout and stderr go to files.
@@ -66,6 +68,11 @@ impl Process {
             child,
             log_path,
         })
+    }
+
+    /// The operating system's process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
     }
 
     /// Everything the process printed so far.

@@ -1,0 +1,165 @@
+//! The configuration the data plane serves during the benchmark: one environment with many
+//! keys, functions and secrets (the sizes the performance targets are stated for), sealed to
+//! a real key and published to Redis exactly as the control plane publishes it.
+
+use std::collections::BTreeMap;
+
+use airlock_shared::api_key::ApiKeyHash;
+use airlock_shared::hosts::HostPattern;
+use airlock_shared::keys::RedisNames;
+use airlock_shared::seal::{OpeningKey, SecretIdentity};
+use airlock_shared::wire::{
+    ApiKeyGrant, EnvironmentSnapshot, FunctionSpec, HeaderSpec, SecretEntry,
+};
+use anyhow::Result;
+use uuid::Uuid;
+
+/// How much configuration is loaded.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    pub keys: usize,
+    pub functions: usize,
+    pub secrets: usize,
+}
+
+/// The environment and what the benchmark clients use of it.
+pub struct Fixture {
+    pub snapshot: EnvironmentSnapshot,
+    /// Granted `*`; what the load generators send.
+    pub key: String,
+}
+
+/// The API key of index `i` (the plaintext a client would hold).
+pub fn api_key(run: &str, i: usize) -> String {
+    format!("ak_bench_{run}_{i:06}")
+}
+
+/// Name of function `i`; function `i` injects secret `SECRET_{i}`.
+pub fn function_name(i: usize) -> String {
+    format!("fn_{i:04}")
+}
+
+/// A token-like value, distinct per secret and per run.
+fn secret_value(run: &str, i: usize) -> String {
+    format!("sk_live_{run}_{i:06}_9f8e7d6c5b4a39281706")
+}
+
+/// Key `i`'s function patterns: a mix of what real keys hold (one exact name, a glob, a
+/// short list, everything).
+fn patterns(i: usize, functions: usize) -> Vec<String> {
+    match i % 4 {
+        0 => vec!["*".into()],
+        1 => vec![function_name(i % functions)],
+        2 => vec![format!("fn_0{}*", i % 10)],
+        _ => (0..5).map(|j| function_name((i + j) % functions)).collect(),
+    }
+}
+
+/// Build the environment: function `i` is `GET {upstream}/fn_i` with
+/// `Authorization: Bearer {{secrets.SECRET_i}}` (the first `functions` secrets are used, the
+/// rest are loaded but idle, as in a real vault).
+pub fn build(
+    run: &str,
+    size: Size,
+    upstream: &str,
+    opening: &OpeningKey,
+    revision: i64,
+) -> Result<Fixture> {
+    let tenant_id = Uuid::new_v4();
+    let environment_id = Uuid::new_v4();
+    let functions = (0..size.functions)
+        .map(|i| {
+            let name = function_name(i);
+            let spec = FunctionSpec {
+                id: Uuid::new_v4(),
+                name: name.clone(),
+                method: "GET".into(),
+                url: format!("{upstream}/{name}"),
+                headers: vec![HeaderSpec {
+                    name: "Authorization".into(),
+                    value: format!("Bearer {{{{secrets.SECRET_{i}}}}}"),
+                }],
+                body: None,
+                timeout_ms: 5_000,
+            };
+            (name, spec)
+        })
+        .collect();
+    let hosts = vec![HostPattern::parse("127.0.0.1")?];
+    let mut secrets = BTreeMap::new();
+    for i in 0..size.secrets {
+        let name = format!("SECRET_{i}");
+        let identity = SecretIdentity {
+            tenant_id,
+            environment_id,
+            name: &name,
+            version: 1,
+        };
+        let sealed = opening
+            .sealing_key()
+            .seal(identity, &secret_value(run, i))?;
+        secrets.insert(
+            name,
+            SecretEntry {
+                sealed,
+                allowed_hosts: hosts.clone(),
+            },
+        );
+    }
+    let api_keys = (0..size.keys)
+        .map(|i| ApiKeyGrant {
+            id: Uuid::new_v4(),
+            name: format!("bench key {i}"),
+            hash: ApiKeyHash::of(&api_key(run, i)),
+            functions: patterns(i, size.functions),
+            expires_at: None,
+        })
+        .collect();
+    Ok(Fixture {
+        snapshot: EnvironmentSnapshot {
+            tenant_id,
+            environment_id,
+            revision,
+            functions,
+            secrets,
+            api_keys,
+        },
+        key: api_key(run, 0),
+    })
+}
+
+/// Publish `snapshot` as the control plane does (one MULTI/EXEC: SET, HSET, PUBLISH).
+pub async fn publish(
+    redis: &mut redis::aio::MultiplexedConnection,
+    names: &RedisNames,
+    snapshot: &EnvironmentSnapshot,
+) -> Result<()> {
+    let json = serde_json::to_string(snapshot)?;
+    let id = snapshot.environment_id.to_string();
+    redis::pipe()
+        .atomic()
+        .set(names.environment_snapshot(&snapshot.environment_id), json)
+        .ignore()
+        .hset(names.snapshot_index(), &id, snapshot.revision)
+        .ignore()
+        .publish(names.config_channel(), &id)
+        .ignore()
+        .query_async::<()>(redis)
+        .await?;
+    Ok(())
+}
+
+/// Delete everything under `names`' prefix.
+pub async fn clean(
+    redis: &mut redis::aio::MultiplexedConnection,
+    names: &RedisNames,
+) -> Result<()> {
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{}:*", names.prefix()))
+        .query_async(redis)
+        .await?;
+    if !keys.is_empty() {
+        redis::cmd("DEL").arg(keys).query_async::<()>(redis).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,626 @@
+//! The benchmark run: processes, loads and measurements, in the order the table reads.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use airlock_e2e::{binary, free_port, Airlock, PostgresDb, Process};
+use airlock_shared::keys::RedisNames;
+use airlock_shared::seal::OpeningKey;
+use anyhow::{bail, Context as _, Result};
+use serde_json::json;
+
+use crate::fixture::{self, Size};
+use crate::load::{self, Target};
+use crate::procs::{self, CpuPlan};
+use crate::report::{self, Measured, Report};
+
+#[derive(Debug, clap::Args)]
+pub struct Options {
+    /// A short run with a small environment that only checks the harness works (CI).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Seconds per load run (wrk and each oha rate).
+    #[arg(long)]
+    pub seconds: Option<u64>,
+    /// Connections per load generator.
+    #[arg(long, default_value_t = 64)]
+    pub connections: u32,
+    /// Keep the work directory (configs, process logs) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+    /// Start everything, print each scenario's URL and process id, and wait (until killed)
+    /// instead of measuring: for profiling one process under a load of your own.
+    #[arg(long)]
+    pub hold: bool,
+}
+
+/// Scenario letters and what each measures, in table order.
+pub const SCENARIOS: [(&str, &str); 4] = [
+    ("A", "direct to nginx"),
+    ("B", "nginx reverse proxy"),
+    ("C", "bare Pingora proxy"),
+    ("D", "Airlock, warm"),
+];
+
+struct System {
+    /// The process whose CPU and memory are measured for each scenario.
+    pids: [u32; 4],
+    targets: [Target; 4],
+}
+
+/// Run everything; `Ok(false)` when some request failed (the numbers are then not valid).
+pub async fn run(options: Options) -> Result<bool> {
+    let plan = CpuPlan::detect()?;
+    plan.pin_self()?;
+    for tool in ["wrk", "oha", "taskset"] {
+        if which(tool).is_none() {
+            bail!(
+                "{tool} is not installed: run scripts/bench, which installs what the harness needs"
+            );
+        }
+    }
+    let smoke = options.smoke;
+    let seconds = Duration::from_secs(options.seconds.unwrap_or(if smoke { 1 } else { 10 }));
+    let size = if smoke {
+        Size {
+            keys: 100,
+            functions: 10,
+            secrets: 20,
+        }
+    } else {
+        Size {
+            keys: 10_000,
+            functions: 1_000,
+            secrets: 10_000,
+        }
+    };
+    let work = tempfile::Builder::new()
+        .prefix("airlock-bench-")
+        .tempdir()?;
+    let dir = work.path().to_path_buf();
+    println!(
+        "CPUs: load generator {}, upstream {}, proxy under test {}; {} s per load run; environment: {} keys, {} functions, {} secrets",
+        plan.generator, plan.upstream, plan.proxy, seconds.as_secs(), size.keys, size.functions, size.secrets
+    );
+
+    let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
+    let names = RedisNames::new(format!("airlock-bench-{run}"));
+    let redis_client = redis::Client::open("redis://127.0.0.1:6379")?;
+    let mut redis = redis_client.get_multiplexed_async_connection().await?;
+
+    let (upstream_port, nginx_port, pingora_port, airlock_port) =
+        (free_port(), free_port(), free_port(), free_port());
+    let mut processes: Vec<Process> = Vec::new();
+    processes.push(crate::nginx::upstream(&plan.upstream, upstream_port, &dir)?);
+    processes.push(crate::nginx::proxy(
+        &plan.proxy,
+        nginx_port,
+        upstream_port,
+        &dir,
+    )?);
+    processes.push(procs::spawn_pinned(
+        "pingora-proxy",
+        &plan.proxy,
+        &std::env::current_exe()?,
+        &[
+            "pingora-proxy".into(),
+            format!("--listen=127.0.0.1:{pingora_port}"),
+            format!("--upstream=127.0.0.1:{upstream_port}"),
+            "--threads=1".into(),
+        ],
+        &[("RUST_LOG", "warn".into())],
+        &dir,
+    )?);
+
+    let opening = OpeningKey::generate();
+    let key_file = dir.join("seal.key");
+    write_private(&key_file, opening.to_base64().as_bytes())?;
+    let upstream_url = format!("http://127.0.0.1:{upstream_port}");
+    let built = Instant::now();
+    let mut fixture = fixture::build(&run, size, &upstream_url, &opening, 1)?;
+    println!(
+        "built and sealed the environment in {} ms ({} MB of snapshot JSON)",
+        built.elapsed().as_millis(),
+        serde_json::to_vec(&fixture.snapshot)?.len() / 1_000_000
+    );
+    fixture::publish(&mut redis, &names, &fixture.snapshot).await?;
+    let started = Instant::now();
+    processes.push(procs::spawn_pinned(
+        "airlock-data-plane",
+        &plan.proxy,
+        &binary("airlock-data-plane"),
+        &[
+            format!("--listen=127.0.0.1:{airlock_port}"),
+            "--redis-url=redis://127.0.0.1:6379".into(),
+            format!("--redis-prefix={}", names.prefix()),
+            format!("--seal-key-file={}", key_file.display()),
+            "--threads=1".into(),
+        ],
+        &[("RUST_LOG", "warn".into())],
+        &dir,
+    )?);
+    let airlock_url = format!("http://127.0.0.1:{airlock_port}");
+    let result = measure(
+        &options,
+        &plan,
+        seconds,
+        size,
+        &dir,
+        &mut processes,
+        &mut redis,
+        &names,
+        &mut fixture,
+        [upstream_port, nginx_port, pingora_port, airlock_port],
+        started,
+        &airlock_url,
+        &run,
+    )
+    .await;
+    let _ = fixture::clean(&mut redis, &names).await;
+    drop(processes);
+    if options.keep || result.is_err() {
+        let kept = work.keep();
+        eprintln!("work directory (configs, logs) kept: {}", kept.display());
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure(
+    options: &Options,
+    plan: &CpuPlan,
+    seconds: Duration,
+    size: Size,
+    dir: &Path,
+    processes: &mut [Process],
+    redis: &mut redis::aio::MultiplexedConnection,
+    names: &RedisNames,
+    fixture: &mut fixture::Fixture,
+    ports: [u16; 4],
+    started: Instant,
+    airlock_url: &str,
+    run: &str,
+) -> Result<bool> {
+    let client = reqwest::Client::new();
+    let static_auth = (
+        "Authorization".to_string(),
+        format!("Bearer {}", fixture.key),
+    );
+    let function = fixture::function_name(0);
+    let plain = |port: u16| Target {
+        url: format!("http://127.0.0.1:{port}/{function}"),
+        method: "GET",
+        headers: vec![static_auth.clone()],
+        body: None,
+    };
+    let system = System {
+        pids: [
+            processes[0].id(),
+            processes[1].id(),
+            processes[2].id(),
+            processes[3].id(),
+        ],
+        targets: [
+            plain(ports[0]),
+            plain(ports[1]),
+            plain(ports[2]),
+            Target {
+                url: format!("{airlock_url}/v1/functions/{function}/invoke"),
+                method: "POST",
+                headers: vec![
+                    static_auth.clone(),
+                    ("Content-Type".into(), "application/json".into()),
+                ],
+                body: Some("{}".into()),
+            },
+        ],
+    };
+
+    // Everything answers before anything is measured.
+    for process in processes.iter_mut().take(3) {
+        process.check_running()?;
+    }
+    for target in &system.targets[..3] {
+        wait_for_200(&client, target, Duration::from_secs(10)).await?;
+    }
+    wait_for_200(&client, &system.targets[3], Duration::from_secs(60))
+        .await
+        .context("Airlock's data plane never served the benchmark function")?;
+    let first_serve = started.elapsed();
+    let (rss_loaded, _) = procs::rss_bytes(system.pids[3])?;
+    if options.hold {
+        for (i, (letter, what)) in SCENARIOS.iter().enumerate() {
+            let target = &system.targets[i];
+            println!(
+                "{letter} {what}: pid {} {} {} headers {:?} body {:?}",
+                system.pids[i], target.method, target.url, target.headers, target.body
+            );
+        }
+        println!("holding; stop with Ctrl-C or SIGTERM");
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+        return Ok(true);
+    }
+
+    let mut measured: Vec<Measured> = Vec::new();
+    for (i, (letter, what)) in SCENARIOS.iter().enumerate() {
+        let target = &system.targets[i];
+        // Warm-up: fill connection pools and caches; not measured.
+        load::wrk(
+            &plan.generator,
+            target,
+            Duration::from_secs(1),
+            options.connections,
+            dir,
+        )?;
+        let cpu_before = procs::cpu_micros(system.pids[i])?;
+        let peak = load::wrk(&plan.generator, target, seconds, options.connections, dir)?;
+        let cpu = procs::cpu_micros(system.pids[i])? - cpu_before;
+        println!(
+            "{letter} {what}: {:.0} req/s, {} non-2xx, {} socket errors",
+            peak.rate(),
+            peak.non_2xx,
+            peak.socket_errors
+        );
+        measured.push(Measured::new(letter, what, peak, cpu));
+    }
+    let b_peak = measured[1].peak.rate();
+    for (load_index, fraction) in [0.5, 0.8].into_iter().enumerate() {
+        let rate = (b_peak * fraction).max(10.0);
+        for (i, entry) in measured.iter_mut().enumerate() {
+            let cpu_before = procs::cpu_micros(system.pids[i])?;
+            let latency = load::oha(
+                &plan.generator,
+                &system.targets[i],
+                rate,
+                seconds,
+                options.connections,
+            )?;
+            let cpu = procs::cpu_micros(system.pids[i])? - cpu_before;
+            println!(
+                "{} at {:.0} req/s (achieved {:.0}): p50 {:.0} µs, p99 {:.0} µs, p99.9 {:.0} µs, {} failed",
+                entry.letter,
+                rate,
+                latency.achieved,
+                latency.micros("p50"),
+                latency.micros("p99"),
+                latency.micros("p99.9"),
+                latency.failures()
+            );
+            entry.set_latency(load_index, latency, cpu);
+        }
+    }
+    for (i, entry) in measured.iter_mut().enumerate() {
+        entry.rss = procs::rss_bytes(system.pids[i])?;
+    }
+
+    let cold = cold_secrets(
+        &client,
+        redis,
+        names,
+        fixture,
+        run,
+        airlock_url,
+        &system.targets[0].url,
+        size,
+        options.smoke,
+    )
+    .await?;
+    let rebuild = rebuild_times(
+        &client,
+        redis,
+        names,
+        fixture,
+        run,
+        airlock_url,
+        options.smoke,
+    )
+    .await?;
+    let propagation = propagation_times(
+        &client,
+        &format!("http://127.0.0.1:{}", ports[0]),
+        options.smoke,
+    )
+    .await?;
+    let report = Report {
+        size,
+        first_serve,
+        rss_loaded,
+        rss_after: procs::rss_bytes(system.pids[3])?,
+        scenarios: measured,
+        cold,
+        rebuild,
+        propagation,
+    };
+    report::print(&report);
+    Ok(report.all_requests_succeeded())
+}
+
+/// GET/POST `target` until it answers 200 (at most `within`).
+async fn wait_for_200(client: &reqwest::Client, target: &Target, within: Duration) -> Result<()> {
+    let deadline = Instant::now() + within;
+    loop {
+        let response = send(client, target).await;
+        match response {
+            Ok(response) if response.status() == 200 => return Ok(()),
+            Ok(response) if Instant::now() > deadline => {
+                let status = response.status();
+                bail!(
+                    "{} answered {status}: {}",
+                    target.url,
+                    response.text().await.unwrap_or_default()
+                )
+            }
+            Err(error) if Instant::now() > deadline => bail!("{} unreachable: {error}", target.url),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+async fn send(client: &reqwest::Client, target: &Target) -> reqwest::Result<reqwest::Response> {
+    let mut request = client.request(target.method.parse().expect("a method"), &target.url);
+    for (name, value) in &target.headers {
+        request = request.header(name, value);
+    }
+    if let Some(body) = &target.body {
+        request = request.body(body.clone());
+    }
+    request.send().await
+}
+
+/// Latencies (µs) of `targets` sent open loop at `rate` per second: each is measured from
+/// when it was due, not from when it was sent, so a slow answer is not hidden by the next
+/// request waiting for it.
+async fn open_loop(client: &reqwest::Client, targets: Vec<Target>, rate: f64) -> Result<Vec<f64>> {
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(targets.len());
+    for (i, target) in targets.into_iter().enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        let client = client.clone();
+        tasks.push(tokio::spawn(async move {
+            tokio::time::sleep_until(due).await;
+            let response = send(&client, &target).await?;
+            let status = response.status();
+            response.bytes().await?;
+            let micros = due.elapsed().as_secs_f64() * 1e6;
+            anyhow::ensure!(status == 200, "{} answered {status}", target.url);
+            Ok::<f64, anyhow::Error>(micros)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        latencies.push(task.await??);
+    }
+    Ok(latencies)
+}
+
+/// Scenario E: every request injects a secret not used since its snapshot was applied.
+/// Each round republishes the environment (a new revision: every secret cold again), then
+/// invokes each function once (each injects its own secret), open loop; the same requests
+/// again (warm) and directly to the upstream (A) are the comparison.
+#[allow(clippy::too_many_arguments)]
+async fn cold_secrets(
+    client: &reqwest::Client,
+    redis: &mut redis::aio::MultiplexedConnection,
+    names: &RedisNames,
+    fixture: &mut fixture::Fixture,
+    run: &str,
+    airlock_url: &str,
+    direct_url: &str,
+    size: Size,
+    smoke: bool,
+) -> Result<report::Cold> {
+    let rounds = if smoke { 1 } else { 3 };
+    let rate = 500.0;
+    let functions: Vec<usize> = (1..size.functions).collect();
+    let key = fixture.key.clone();
+    let invoke = |i: usize| Target {
+        url: format!(
+            "{airlock_url}/v1/functions/{}/invoke",
+            fixture::function_name(i)
+        ),
+        method: "POST",
+        headers: vec![
+            ("Authorization".into(), format!("Bearer {key}")),
+            ("Content-Type".into(), "application/json".into()),
+        ],
+        body: Some("{}".into()),
+    };
+    let direct_base = direct_url
+        .rsplit_once('/')
+        .map_or(direct_url, |(base, _)| base);
+    let direct = |i: usize| Target {
+        url: format!("{direct_base}/{}", fixture::function_name(i)),
+        method: "GET",
+        headers: vec![("Authorization".into(), format!("Bearer {key}"))],
+        body: None,
+    };
+    let (mut cold, mut warm, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        republish(client, redis, names, fixture, run, airlock_url).await?;
+        cold.extend(open_loop(client, functions.iter().map(|&i| invoke(i)).collect(), rate).await?);
+        warm.extend(open_loop(client, functions.iter().map(|&i| invoke(i)).collect(), rate).await?);
+        baseline
+            .extend(open_loop(client, functions.iter().map(|&i| direct(i)).collect(), rate).await?);
+    }
+    Ok(report::Cold {
+        rate,
+        cold: report::percentiles(cold),
+        warm: report::percentiles(warm),
+        direct: report::percentiles(baseline),
+    })
+}
+
+/// Publish the environment again with one more key; returns once the data plane accepts that
+/// key, and how long that took after the publish.
+async fn republish(
+    client: &reqwest::Client,
+    redis: &mut redis::aio::MultiplexedConnection,
+    names: &RedisNames,
+    fixture: &mut fixture::Fixture,
+    run: &str,
+    airlock_url: &str,
+) -> Result<Duration> {
+    let snapshot = &mut fixture.snapshot;
+    snapshot.revision += 1;
+    let marker = fixture::api_key(run, 900_000 + snapshot.revision as usize);
+    snapshot.api_keys.push(airlock_shared::wire::ApiKeyGrant {
+        id: uuid::Uuid::new_v4(),
+        name: format!("marker {}", snapshot.revision),
+        hash: airlock_shared::api_key::ApiKeyHash::of(&marker),
+        functions: vec!["*".into()],
+        expires_at: None,
+    });
+    let probe = Target {
+        url: format!(
+            "{airlock_url}/v1/functions/{}/invoke",
+            fixture::function_name(0)
+        ),
+        method: "POST",
+        headers: vec![
+            ("Authorization".into(), format!("Bearer {marker}")),
+            ("Content-Type".into(), "application/json".into()),
+        ],
+        body: Some("{}".into()),
+    };
+    let published = Instant::now();
+    fixture::publish(redis, names, snapshot).await?;
+    let deadline = published + Duration::from_secs(30);
+    loop {
+        if send(client, &probe).await?.status() == 200 {
+            return Ok(published.elapsed());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "revision {} was not served within 30 s of its publish",
+                snapshot.revision
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// How long a snapshot of the benchmark's size takes from publish to served (Redis GET,
+/// parse, compile, swap), several times.
+async fn rebuild_times(
+    client: &reqwest::Client,
+    redis: &mut redis::aio::MultiplexedConnection,
+    names: &RedisNames,
+    fixture: &mut fixture::Fixture,
+    run: &str,
+    airlock_url: &str,
+    smoke: bool,
+) -> Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    for _ in 0..if smoke { 2 } else { 10 } {
+        times.push(republish(client, redis, names, fixture, run, airlock_url).await?);
+    }
+    Ok(times)
+}
+
+/// A change made through the control plane's GraphQL API (a new API key), until both data
+/// planes of a split deployment (`airlock serve` + two `airlock-data-plane`, PostgreSQL,
+/// Redis) accept it; measured from when the mutation was sent.
+async fn propagation_times(
+    client: &reqwest::Client,
+    upstream: &str,
+    smoke: bool,
+) -> Result<Vec<Duration>> {
+    let database = PostgresDb::create()?;
+    let prefix = format!(
+        "airlock-bench-cp-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let mut airlock = Airlock::split(&database.url, &prefix).await?;
+    let second = airlock.add_data_plane().await?;
+    let planes = [airlock.data_url.clone(), second];
+    let tenant = airlock
+        .graphql_ok(
+            "mutation { createTenant(input: {name: \"bench\"}) { id } }",
+            json!({}),
+        )
+        .await?["createTenant"]["id"]
+        .as_str()
+        .context("no tenant id")?
+        .to_string();
+    let env = airlock
+        .graphql_ok(
+            "mutation($t: ID!) { createEnvironment(input: {tenantId: $t, name: \"prod\"}) { id } }",
+            json!({"t": tenant}),
+        )
+        .await?["createEnvironment"]["id"]
+        .as_str()
+        .context("no environment id")?
+        .to_string();
+    airlock
+        .graphql_ok(
+            "mutation($input: CreateFunctionInput!) { createFunction(input: $input) { id } }",
+            json!({"input": {"tenantId": tenant, "name": "probe", "method": "GET",
+                             "url": format!("{upstream}/probe")}}),
+        )
+        .await?;
+    let mut times = Vec::new();
+    for i in 0..if smoke { 3 } else { 100 } {
+        let sent = Instant::now();
+        let key = airlock
+            .graphql_ok(
+                "mutation($e: ID!, $n: String!) { createApiKey(input: {environmentId: $e, name: $n, functions: [\"probe\"]}) { key } }",
+                json!({"e": env, "n": format!("k{i}")}),
+            )
+            .await?["createApiKey"]["key"]
+            .as_str()
+            .context("no key")?
+            .to_string();
+        let mut slowest = Duration::ZERO;
+        for plane in &planes {
+            let url = format!("{plane}/v1/functions/probe/invoke");
+            loop {
+                let status = client
+                    .post(&url)
+                    .bearer_auth(&key)
+                    .header("content-type", "application/json")
+                    .body("{}")
+                    .send()
+                    .await?
+                    .status();
+                if status == 200 {
+                    break;
+                }
+                if sent.elapsed() > Duration::from_secs(10) {
+                    bail!(
+                        "a new key was not accepted by {plane} within 10 s (last status {status})"
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            slowest = slowest.max(sent.elapsed());
+        }
+        times.push(slowest);
+    }
+    airlock.check_running()?;
+    Ok(times)
+}
+
+fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(tool))
+            .find(|path| path.exists())
+    })
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(contents)?;
+    Ok(())
+}
