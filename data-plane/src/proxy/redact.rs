@@ -63,7 +63,7 @@
 use std::io::Write as _;
 use std::sync::Arc;
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, Input, MatchKind};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -255,10 +255,19 @@ fn json_escape(
 #[error("cannot build the redaction automaton: {0}")]
 pub struct IndexError(#[from] aho_corasick::BuildError);
 
+/// Haystacks shorter than this (header values, names) skip the prefilter: lowering a copy
+/// would cost about as much as the search it could save.
+const PREFILTER_MIN_LEN: usize = 256;
+
 /// The forms of every secret of one environment, compiled once per snapshot.
 pub struct RedactionIndex {
     /// All forms of all searchable secrets; `None` when there are none.
     matcher: Option<AhoCorasick>,
+    /// The same forms, ASCII-lowercased, searched case-sensitively, leftmost-first, in an
+    /// ASCII-lowercased copy of the haystack: proves that no form occurs, or tells where
+    /// they can (see [`RedactionIndex::collect_spans`]). Unlike `matcher`, it gets
+    /// aho-corasick's SIMD prefilters.
+    prefilter: Option<AhoCorasick>,
     /// Secret index of each pattern, by pattern id.
     owners: Vec<usize>,
     /// Length of the longest form: how much of a chunk must be held back.
@@ -299,19 +308,31 @@ impl RedactionIndex {
             }
         }
         let longest = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
-        let matcher = if patterns.is_empty() {
-            None
+        let (matcher, prefilter) = if patterns.is_empty() {
+            (None, None)
         } else {
-            Some(
-                AhoCorasick::builder()
-                    // Overlapping search needs standard semantics; see `spans`.
-                    .match_kind(MatchKind::Standard)
-                    .ascii_case_insensitive(true)
-                    .build(patterns.iter().map(|p| p.as_slice()))?,
+            let lowered: Vec<Zeroizing<Vec<u8>>> = patterns
+                .iter()
+                .map(|p| Zeroizing::new(p.to_ascii_lowercase()))
+                .collect();
+            (
+                Some(
+                    AhoCorasick::builder()
+                        // Overlapping search needs standard semantics; see `collect_spans`.
+                        .match_kind(MatchKind::Standard)
+                        .ascii_case_insensitive(true)
+                        .build(patterns.iter().map(|p| p.as_slice()))?,
+                ),
+                Some(
+                    AhoCorasick::builder()
+                        .match_kind(MatchKind::LeftmostFirst)
+                        .build(lowered.iter().map(|p| p.as_slice()))?,
+                ),
             )
         };
         Ok(Self {
             matcher,
+            prefilter,
             owners,
             longest,
             short_values,
@@ -322,6 +343,7 @@ impl RedactionIndex {
     pub fn empty() -> Self {
         Self {
             matcher: None,
+            prefilter: None,
             owners: Vec::new(),
             longest: 0,
             short_values: Vec::new(),
@@ -329,39 +351,83 @@ impl RedactionIndex {
     }
 
     /// Occurrences in `haystack` of the forms of the secrets in `used`, sorted, overlapping
-    /// ones merged.
-    fn spans(&self, used: &SecretSet, haystack: &[u8], spans: &mut Vec<(usize, usize)>) {
+    /// ones merged. `lowered`, when given, is `haystack` ASCII-lowercased ([`lowercase_into`]).
+    fn spans(
+        &self,
+        used: &SecretSet,
+        haystack: &[u8],
+        lowered: Option<&[u8]>,
+        spans: &mut Vec<(usize, usize)>,
+    ) {
         spans.clear();
+        self.collect_spans(used, haystack, lowered, spans);
+        merge_spans(spans);
+    }
+
+    /// Push the occurrences in `haystack` of the forms of the secrets in `used` onto `spans`
+    /// (unsorted, overlapping). `lowered`, when given, is `haystack` ASCII-lowercased: then
+    /// the prefilter runs first and the exact search only where it found something.
+    fn collect_spans(
+        &self,
+        used: &SecretSet,
+        haystack: &[u8],
+        lowered: Option<&[u8]>,
+        spans: &mut Vec<(usize, usize)>,
+    ) {
         let Some(matcher) = &self.matcher else {
             return;
         };
         // Overlapping search: a leftmost-longest search could report a form of a secret that
         // is not in `used` and skip a form of one that is, overlapping it.
-        for found in matcher.find_overlapping_iter(haystack) {
-            if used.contains(self.owners[found.pattern().as_usize()]) {
-                spans.push((found.start(), found.end()));
-            }
-        }
-        if spans.len() > 1 {
-            spans.sort_unstable();
-            let mut merged = 0;
-            for i in 1..spans.len() {
-                let (start, end) = spans[i];
-                if start < spans[merged].1 {
-                    spans[merged].1 = spans[merged].1.max(end);
-                } else {
-                    merged += 1;
-                    spans[merged] = (start, end);
+        let mut exact = |window: std::ops::Range<usize>| {
+            for found in matcher.find_overlapping_iter(Input::new(haystack).range(window)) {
+                if used.contains(self.owners[found.pattern().as_usize()]) {
+                    spans.push((found.start(), found.end()));
                 }
             }
-            spans.truncate(merged + 1);
+        };
+        let (Some(prefilter), Some(lowered)) = (&self.prefilter, lowered) else {
+            exact(0..haystack.len());
+            return;
+        };
+        debug_assert_eq!(lowered.len(), haystack.len());
+        // Why the prefilter loses nothing. `matcher` matches a form `f` at `[s, e)` exactly
+        // when `haystack[s..e]` equals `f` up to ASCII case (aho-corasick's ASCII case
+        // insensitivity folds the letters A-Z/a-z and nothing else, as `to_ascii_lowercase`
+        // does), that is when `lowered[s..e] == lowercase(f)`, a pattern of `prefilter`.
+        // `prefilter`'s leftmost-first search reports, from where it stands, the occurrence
+        // with the smallest start among all occurrences of its patterns that start there or
+        // later, then goes on at that occurrence's end. So every occurrence of any pattern
+        // starts inside a reported match `[s, e)`: one starting between two reported matches
+        // would have been reported instead of the second. Hence:
+        // - no reported match means no form occurs at all, and the exact search is skipped;
+        // - a form occurring at `q` with `s <= q < e` ends before `e - 1 + longest`, so the
+        //   exact search over the windows `[s, e - 1 + longest)` (merged when they overlap,
+        //   so that nothing is reported twice) finds every occurrence `matcher` finds in the
+        //   whole haystack.
+        let mut window: Option<std::ops::Range<usize>> = None;
+        for found in prefilter.find_iter(lowered) {
+            let end = (found.end() - 1 + self.longest).min(haystack.len());
+            match &mut window {
+                Some(open) if found.start() < open.end => open.end = open.end.max(end),
+                _ => {
+                    if let Some(done) = window.replace(found.start()..end) {
+                        exact(done);
+                    }
+                }
+            }
+        }
+        if let Some(done) = window {
+            exact(done);
         }
     }
 
     /// `value` with every form of the secrets in `used` replaced, or `None` if none occurs.
     pub fn redact(&self, used: &SecretSet, value: &[u8]) -> Option<Vec<u8>> {
         let mut spans = Vec::new();
-        self.spans(used, value, &mut spans);
+        let mut lowered = Vec::new();
+        let lowered = lowercase_into(value, &mut lowered);
+        self.spans(used, value, lowered, &mut spans);
         if spans.is_empty() {
             return None;
         }
@@ -393,9 +459,41 @@ impl RedactionIndex {
     /// `haystack` (for header names, which cannot hold the marker: such a header is dropped).
     pub fn occurs_in(&self, used: &SecretSet, haystack: &[u8], min_len: usize) -> bool {
         let mut spans = Vec::new();
-        self.spans(used, haystack, &mut spans);
+        let mut lowered = Vec::new();
+        let lowered = lowercase_into(haystack, &mut lowered);
+        self.spans(used, haystack, lowered, &mut spans);
         spans.iter().any(|(start, end)| end - start >= min_len)
     }
+}
+
+/// Sort `spans` and merge the overlapping ones.
+fn merge_spans(spans: &mut Vec<(usize, usize)>) {
+    if spans.len() > 1 {
+        spans.sort_unstable();
+        let mut merged = 0;
+        for i in 1..spans.len() {
+            let (start, end) = spans[i];
+            if start < spans[merged].1 {
+                spans[merged].1 = spans[merged].1.max(end);
+            } else {
+                merged += 1;
+                spans[merged] = (start, end);
+            }
+        }
+        spans.truncate(merged + 1);
+    }
+}
+
+/// `haystack` ASCII-lowercased into `buffer` (reused, so no allocation once it is large
+/// enough), for the prefilter; `None` when `haystack` is too short to be worth it.
+fn lowercase_into<'b>(haystack: &[u8], buffer: &'b mut Vec<u8>) -> Option<&'b [u8]> {
+    if haystack.len() < PREFILTER_MIN_LEN {
+        return None;
+    }
+    buffer.clear();
+    buffer.extend_from_slice(haystack);
+    buffer.make_ascii_lowercase();
+    Some(buffer)
 }
 
 /// The secrets one request injected, by their index in the environment.
@@ -445,6 +543,10 @@ pub struct StreamRedactor {
     /// overlaps them joins that marker instead of leaking its remainder.
     covered: usize,
     spans: Vec<(usize, usize)>,
+    /// `pending` ASCII-lowercased, for the prefilter (reused from chunk to chunk). Like
+    /// `pending`, it is not zeroized: zeroizing every response body would cost more than
+    /// scanning it.
+    lowered: Vec<u8>,
 }
 
 impl StreamRedactor {
@@ -455,6 +557,7 @@ impl StreamRedactor {
             pending: BytesMut::new(),
             covered: 0,
             spans: Vec::new(),
+            lowered: Vec::new(),
         }
     }
 
@@ -474,7 +577,8 @@ impl StreamRedactor {
         } else {
             len.saturating_sub(index.longest - 1)
         };
-        index.spans(&self.redaction.used, &self.pending, &mut self.spans);
+        let lowered = lowercase_into(&self.pending, &mut self.lowered);
+        index.spans(&self.redaction.used, &self.pending, lowered, &mut self.spans);
         if self.spans.is_empty() && self.covered == 0 {
             return self.pending.split_to(hold).freeze();
         }
@@ -991,6 +1095,66 @@ mod tests {
             cuts.sort_unstable();
             assert_eq!(stream(&redaction, body, &cuts), whole, "{cuts:?}");
         }
+    }
+
+    /// The prefilter (on lowered text) and the windows it gives the exact search must find
+    /// exactly what the exact search finds over the whole haystack.
+    #[test]
+    fn the_prefilter_loses_no_occurrence() {
+        let values = ["token-abc", "abc-def", "xtoken-abc-defx", "Sk_Live_Q9/x+Y=&ü"];
+        let index = index(&values);
+        let mut seed = 0x2545_f491_u32;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed as usize % n
+        };
+        let pieces: Vec<Vec<u8>> = values
+            .iter()
+            .flat_map(|v| encoded_forms(v).into_iter().map(|f| f.to_vec()))
+            .chain([b"abc".to_vec(), b"token".to_vec(), b"-".to_vec(), "ü".into()])
+            .collect();
+        let mut found_some = 0;
+        for round in 0..400 {
+            // Noise with forms (and bits of forms) dropped in, some letters flipped in case.
+            let mut body = Vec::new();
+            while body.len() < 300 + round {
+                if next(4) == 0 {
+                    let piece = &pieces[next(pieces.len())];
+                    let cut = if next(3) == 0 { next(piece.len()) } else { 0 };
+                    body.extend_from_slice(&piece[cut..]);
+                } else {
+                    body.push(b" aB{}\"x-_tokenDEF"[next(17)]);
+                }
+            }
+            for byte in body.iter_mut() {
+                if next(5) == 0 && byte.is_ascii_alphabetic() {
+                    *byte ^= 0x20;
+                }
+            }
+            let used = match round % 3 {
+                0 => SecretSet::of(0..values.len()),
+                1 => SecretSet::of([1]),
+                _ => SecretSet::of([0, 3]),
+            };
+            let mut lowered = Vec::new();
+            let lowered = lowercase_into(&body, &mut lowered).expect("long enough");
+            let (mut with, mut without) = (Vec::new(), Vec::new());
+            index.spans(&used, &body, Some(lowered), &mut with);
+            index.spans(&used, &body, None, &mut without);
+            assert_eq!(with, without, "round {round}: {}", text(&body));
+            found_some += usize::from(!with.is_empty());
+        }
+        assert!(found_some > 300, "{found_some}");
+        // A clean body has no span either way.
+        let clean = b"nothing to see here, ".repeat(20);
+        let mut lowered = Vec::new();
+        let lowered = lowercase_into(&clean, &mut lowered);
+        assert!(lowered.is_some());
+        let mut spans = vec![(1, 2)];
+        index.spans(&SecretSet::of(0..4), &clean, lowered, &mut spans);
+        assert!(spans.is_empty());
     }
 
     #[test]
