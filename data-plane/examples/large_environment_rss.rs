@@ -34,8 +34,8 @@ fn status(field: &str) -> String {
 fn main() {
     println!("VmRSS at start: {}", status("VmRSS"));
     let key = OpeningKey::generate();
-    let json = serde_json::to_string(&large_environment::large_environment(&key))
-        .expect("serializes");
+    let json =
+        serde_json::to_string(&large_environment::large_environment(&key)).expect("serializes");
     println!("snapshot JSON: {} bytes", json.len());
     println!("VmRSS with the snapshot JSON held: {}", status("VmRSS"));
 
@@ -48,6 +48,27 @@ fn main() {
     println!("applied in {} ms", applied.as_millis());
     println!(
         "VmRSS with the environment applied (JSON dropped): {}",
+        status("VmRSS")
+    );
+
+    // The first use of the 1 000 secrets the functions inject (each opened, its forms and
+    // automaton built and cached), as requests would.
+    let environment = store
+        .load()
+        .environment(&large_environment::ENVIRONMENT)
+        .expect("applied")
+        .clone();
+    let started = Instant::now();
+    let opened = (0..large_environment::FUNCTIONS)
+        .map(|i| large_environment::secret_name(i * 10))
+        .filter(|name| environment.secret(name).is_some())
+        .count();
+    println!(
+        "first use of {opened} secrets in {} ms",
+        started.elapsed().as_millis()
+    );
+    println!(
+        "VmRSS with those {opened} secrets opened: {}",
         status("VmRSS")
     );
     println!("VmHWM (peak): {}", status("VmHWM"));

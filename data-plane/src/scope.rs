@@ -341,7 +341,10 @@ mod tests {
             }
         }
         // The grid exercises both answers, not only one.
-        assert!(allowed > 20 && denied > 100, "{allowed} allowed, {denied} denied");
+        assert!(
+            allowed > 20 && denied > 100,
+            "{allowed} allowed, {denied} denied"
+        );
 
         for patterns in invalid {
             // The whole scope fails closed, cached or not.
