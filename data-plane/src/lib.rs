@@ -26,7 +26,7 @@ mod tls;
 /// redacting a response body. Re-exported as they are, so the benchmarks run the code the
 /// proxy runs; not meant for other crates.
 pub mod hot_path {
-    pub use crate::proxy::redact::{RedactionIndex, RequestRedaction, SecretSet, StreamRedactor};
+    pub use crate::proxy::redact::{RedactionIndex, RequestRedaction, StreamRedactor};
     pub use crate::proxy::render::{render, Invocation};
 }
 

@@ -16,9 +16,21 @@
 //! applying a snapshot only groups keys by pattern list (cheap), and each scope decides
 //! lazily, off the I/O path: its enforcer is built the first time one of its keys is used,
 //! and each decision about a function of the snapshot is evaluated once and cached in a table
-//! indexed by the function's slot. After that the request path reads one atomic byte. Names
-//! not in the snapshot (to tell `function_not_found` from `forbidden`) are evaluated each
-//! time; the enforcer holds only that list's patterns (at most 256).
+//! indexed by the function's slot. After that the request path reads one atomic byte.
+//!
+//! Names not in the snapshot (asked about to tell `function_not_found` from `forbidden`)
+//! have no slot to cache in, and any key holder can send as many of them as it likes, so
+//! they are not given to casbin (about 0.4 µs per policy line): they are decided by matching
+//! the patterns directly, `patterns.iter().any(|p| grants::matches(p, name))` (tens of
+//! nanoseconds per pattern). That is the same decision casbin makes, not a second policy:
+//! with [`MODEL`], casbin evaluates the matcher `fnMatch(r.name, p.pat)`, i.e.
+//! `grants::matches(pattern, name)`, once per policy line, and the effect
+//! `some(where (p.eft == allow))` allows when at least one line matches (every line is an
+//! allow: none sets `eft`). The policy lines are exactly the (deduplicated) patterns, so
+//! "some line matches" is "some pattern matches"; with no pattern, nothing matches and both
+//! deny. Both paths run only once the scope is built, so an invalid pattern makes both deny.
+//! The test `the_direct_match_decides_as_casbin_does` checks the two agree on a grid of
+//! patterns and names.
 //!
 //! A pattern that does not pass [`airlock_shared::grants::check_pattern`] (the control plane
 //! refuses those, so this means a damaged snapshot) makes the whole scope deny everything:
@@ -93,7 +105,8 @@ impl KeyScope {
             return false;
         };
         let Some(cached) = slot.and_then(|slot| engine.decisions.get(slot)) else {
-            return engine.enforce(name);
+            // Nothing to cache in: decided without casbin, with the same answer (module docs).
+            return self.matches_directly(name);
         };
         match cached.load(Ordering::Acquire) {
             ALLOWED => true,
@@ -105,6 +118,14 @@ impl KeyScope {
                 allowed
             }
         }
+    }
+
+    /// What casbin decides for `name` with this scope's policy, computed without casbin
+    /// (see the module docs). Only called once the scope is built, i.e. every pattern is valid.
+    fn matches_directly(&self, name: &str) -> bool {
+        self.patterns
+            .iter()
+            .any(|pattern| grants::matches(pattern, name))
     }
 
     fn build(&self) -> Option<ScopeEngine> {
@@ -192,7 +213,7 @@ mod tests {
     use super::*;
 
     fn scope(patterns: &[&str]) -> KeyScope {
-        KeyScope::new(patterns.iter().map(|p| p.to_string()).collect(), 4)
+        scope_of(patterns, 4)
     }
 
     #[test]
@@ -246,6 +267,110 @@ mod tests {
         assert!(!s.allows(Some(3), "delete_user"));
     }
 
+    /// Names not in the snapshot are decided without casbin; the answer must be casbin's.
+    #[test]
+    fn the_direct_match_decides_as_casbin_does() {
+        let too_long = "a".repeat(grants::MAX_PATTERN_LEN + 1);
+        let valid: &[&[&str]] = &[
+            &[],
+            &["get_user"],
+            &["*"],
+            &["get_*"],
+            &["*_read"],
+            &["crm-?-read"],
+            &["a*b*c"],
+            &["?"],
+            &["??*"],
+            &["get_user", "list_*"],
+            &["billing_*", "billing_*"],
+            &["Get_User"],
+            &["x", "y", "*"],
+        ];
+        let invalid: &[&[&str]] = &[
+            &["crm.*"],
+            &["get_user", "(a|b)"],
+            &[""],
+            &["a b"],
+            &["a,b"],
+            &["[ab]", "*"],
+            &["get_user", too_long.as_str()],
+        ];
+        let names = [
+            "get_user",
+            "GET_USER",
+            "Get_User",
+            "get_",
+            "get_*",
+            "*",
+            "?",
+            "",
+            "x_get_user",
+            "get_user_x",
+            "user_read",
+            "user_read_all",
+            "crm-a-read",
+            "crm-ab-read",
+            "crm--read",
+            "abc",
+            "axxbyyc",
+            "axxbyy",
+            "a",
+            "ab",
+            "list_all",
+            "billing_",
+            "crm.x",
+            "a,b",
+            "a b",
+            "x",
+        ];
+        let (mut allowed, mut denied) = (0, 0);
+        for patterns in valid {
+            let scope = scope_of(patterns, names.len());
+            for (slot, name) in names.iter().enumerate() {
+                // With a slot, casbin decides (and caches); without one, the direct match.
+                let by_casbin = scope.allows(Some(slot), name);
+                let direct = scope.allows(None, name);
+                assert_eq!(by_casbin, direct, "{patterns:?} / {name:?}");
+                let engine = scope.engine.get().unwrap().as_ref().unwrap();
+                assert_eq!(engine.enforce(name), direct, "{patterns:?} / {name:?}");
+                if direct {
+                    allowed += 1;
+                } else {
+                    denied += 1;
+                }
+            }
+        }
+        // The grid exercises both answers, not only one.
+        assert!(
+            allowed > 20 && denied > 100,
+            "{allowed} allowed, {denied} denied"
+        );
+
+        for patterns in invalid {
+            // The whole scope fails closed, cached or not.
+            let scope = scope_of(patterns, names.len());
+            for (slot, name) in names.iter().enumerate() {
+                assert!(!scope.allows(Some(slot), name), "{patterns:?} / {name:?}");
+                assert!(!scope.allows(None, name), "{patterns:?} / {name:?}");
+            }
+            // Even an enforcer holding the invalid lines (which the scope never builds) agrees
+            // with the direct match: an invalid pattern matches nothing in both.
+            let lines: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+            let enforcer = futures::executor::block_on(build_enforcer(&lines)).unwrap();
+            for name in names {
+                assert_eq!(
+                    enforcer.enforce(vec![name.to_string()]).unwrap(),
+                    lines.iter().any(|p| grants::matches(p, name)),
+                    "{patterns:?} / {name:?}"
+                );
+            }
+        }
+    }
+
+    fn scope_of(patterns: &[&str], functions: usize) -> KeyScope {
+        KeyScope::new(patterns.iter().map(|p| p.to_string()).collect(), functions)
+    }
+
     #[test]
     fn cached_decisions_follow_the_slot_and_names_are_literal() {
         let s = scope(&["get_*"]);
@@ -254,7 +379,7 @@ mod tests {
         assert!(s.allows(Some(1), "get_user"));
         assert!(!s.allows(Some(2), "put_user"));
         assert!(!s.allows(Some(2), "put_user"));
-        // A slot out of range (never produced by the snapshot) is decided by casbin.
+        // A slot out of range (never produced by the snapshot) is decided like a missing name.
         assert!(s.allows(Some(99), "get_x"));
         // A wildcard in the invoked name is only a character.
         let exact = scope(&["get_user"]);

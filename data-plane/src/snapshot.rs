@@ -1,32 +1,46 @@
 //! The compiled, immutable config snapshot the request path reads, and the store that swaps it.
 //!
 //! Each [`EnvironmentSnapshot`] is compiled once, off the request path: function templates are
-//! compiled, sealed secrets are opened (with whichever key of the [`OpeningKeyring`] each was
-//! sealed to), the redaction automaton for the secrets is built, and every API key hash goes
-//! into one global index, and keys are grouped by policy into [`KeyScope`]s (casbin, decided
-//! lazily and cached per function: see [`crate::scope`]). The request path only does hash-map
-//! lookups on an [`Arc`] it loads from an [`ArcSwap`], so it never waits for a writer and
-//! never sees a half-applied update.
+//! compiled, every API key hash goes into one global index, and keys are grouped by policy
+//! into [`KeyScope`]s (casbin, decided lazily and cached per function: see [`crate::scope`]).
+//! The request path only does hash-map lookups on an [`Arc`] it loads from an [`ArcSwap`], so
+//! it never waits for a writer and never sees a half-applied update.
+//!
+//! ## Secrets are opened on first use
+//!
+//! Compiling does not open the secrets: it keeps each one sealed, with its allowed hosts.
+//! Opening one (HPKE, with whichever key of the [`OpeningKeyring`] it was sealed to),
+//! computing its forms and building its redaction automaton ([`RedactionIndex`]) costs about
+//! 0.2 ms and 16 KiB per secret (the `secret_first_use` bench, and
+//! `examples/large_environment_rss.rs`); doing it for every secret of a large environment on
+//! every apply would take seconds and tens of megabytes for secrets most requests never use.
+//! So the first request that injects a secret does it, and the result is cached with the
+//! secret for the life of this compiled environment (a [`OnceLock`]: concurrent first uses
+//! wait for one opening). A secret that does not open (another data plane's key, a ciphertext
+//! moved onto another name, a damaged snapshot) is remembered as such, logged once by name,
+//! and fails closed for every request, exactly as if it were missing. A new snapshot (after a
+//! rotation, say) is a new compiled environment whose secrets start sealed again; the old
+//! values are zeroized when the last request holding the old environment ends.
 //!
 //! Key use (for `lastUsedAt`) is recorded on the request path in one atomic per key of the
 //! compiled environment; [`SnapshotStore::take_uses`] collects it (also from environments
 //! replaced since the last collection) for the usage reporter.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use airlock_shared::api_key::ApiKeyHash;
 use airlock_shared::events::KeyUse;
 use airlock_shared::hosts::HostPattern;
-use airlock_shared::seal::{OpeningKeyring, SecretIdentity, SecretValue};
+use airlock_shared::seal::{OpeningKeyring, SealedSecret, SecretIdentity, SecretValue};
 use airlock_shared::template::FunctionTemplate;
 use airlock_shared::wire::{ApiKeyGrant, EnvironmentSnapshot};
 use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::proxy::redact::{RedactionIndex, SecretSet};
+use crate::proxy::redact::{RedactionIndex, RequestRedaction};
 use crate::scope::KeyScope;
 
 /// A function ready to render.
@@ -51,11 +65,10 @@ pub struct CompiledEnvironment {
     /// Revision of the snapshot this was compiled from.
     pub revision: i64,
     functions: HashMap<String, Arc<CompiledFunction>>,
-    secrets: HashMap<String, OpenedSecret>,
-    /// Secrets present in the snapshot that could not be opened (names only).
-    unopened: HashSet<String>,
-    /// Every form of every opened secret, for redacting responses.
-    redaction: Arc<RedactionIndex>,
+    /// Every secret of the snapshot, sealed until first used.
+    secrets: HashMap<String, LazySecret>,
+    /// Opens the secrets on first use.
+    opening_keys: OpeningKeyring,
     api_keys: Vec<ApiKeyGrant>,
     /// The scope of each key, by grant index; keys with the same patterns share one.
     scopes: Vec<Arc<KeyScope>>,
@@ -64,13 +77,22 @@ pub struct CompiledEnvironment {
     last_used: Box<[AtomicI64]>,
 }
 
-/// A secret opened for this environment.
-struct OpenedSecret {
-    /// Position in the environment, for [`SecretSet`]s.
-    index: usize,
-    value: SecretValue,
+/// A secret of this environment: sealed, and opened the first time a request needs it.
+struct LazySecret {
+    sealed: SealedSecret,
     /// The hosts it may be sent to; empty means none.
     allowed_hosts: Vec<HostPattern>,
+    /// Set on first use: `None` when the secret does not open (or its forms cannot be
+    /// compiled), which fails closed like a missing secret.
+    opened: OnceLock<Option<OpenedSecret>>,
+}
+
+/// A secret opened for this environment.
+struct OpenedSecret {
+    /// The plaintext, zeroized on drop.
+    value: SecretValue,
+    /// Its forms, for redacting the responses of requests that inject it.
+    redaction: Arc<RedactionIndex>,
 }
 
 impl std::fmt::Debug for CompiledEnvironment {
@@ -81,16 +103,24 @@ impl std::fmt::Debug for CompiledEnvironment {
             .field("revision", &self.revision)
             .field("functions", &self.functions.keys().collect::<Vec<_>>())
             .field("secrets", &self.secrets.keys().collect::<Vec<_>>())
-            .field("unopened", &self.unopened)
+            .field(
+                "opened",
+                &self
+                    .secrets
+                    .values()
+                    .filter(|s| matches!(s.opened.get(), Some(Some(_))))
+                    .count(),
+            )
             .field("api_keys", &self.api_keys.len())
             .finish()
     }
 }
 
 impl CompiledEnvironment {
-    /// Compile `snapshot`. A function that does not compile or a secret that does not open is
-    /// left out and logged (by name only); the rest of the environment still works, and an
-    /// invoke that needs what was left out fails closed.
+    /// Compile `snapshot`. A function that does not compile is left out and logged (by name
+    /// only); the rest of the environment still works, and an invoke that needs it fails
+    /// closed. Secrets are kept sealed; `opening_keys` (a copy is kept) opens each on its
+    /// first use, and one that does not open then fails closed the same way (module docs).
     pub fn compile(snapshot: EnvironmentSnapshot, opening_keys: &OpeningKeyring) -> Self {
         let EnvironmentSnapshot {
             tenant_id,
@@ -123,51 +153,18 @@ impl CompiledEnvironment {
             }
         }
 
-        let mut secrets = HashMap::with_capacity(sealed_secrets.len());
-        let mut unopened = HashSet::new();
-        for (name, entry) in sealed_secrets {
-            let sealed = &entry.sealed;
-            let identity = SecretIdentity {
-                tenant_id,
-                environment_id,
-                name: &name,
-                version: sealed.version,
-            };
-            match opening_keys.open(identity, sealed) {
-                Ok(value) => {
-                    let secret = OpenedSecret {
-                        index: secrets.len(),
-                        value,
-                        allowed_hosts: entry.allowed_hosts,
-                    };
-                    secrets.insert(name, secret);
-                }
-                Err(error) => {
-                    tracing::error!(
-                        %environment_id,
-                        revision,
-                        secret = %name,
-                        version = sealed.version,
-                        key_id = %sealed.key_id,
-                        error = %error,
-                        "secret cannot be opened; invocations that need it will fail"
-                    );
-                    unopened.insert(name);
-                }
-            }
-        }
-
-        let redaction = RedactionIndex::build(
-            secrets
-                .values()
-                .map(|secret| (secret.index, secret.value.expose())),
-        )
-        .unwrap_or_else(|error| {
-            // Without redaction no secret may be used: fail closed for all of them.
-            tracing::error!(%environment_id, revision, %error, "secrets of this environment are unusable");
-            unopened.extend(secrets.drain().map(|(name, _)| name));
-            RedactionIndex::empty()
-        });
+        // Kept sealed: opened on first use (module docs).
+        let secrets = sealed_secrets
+            .into_iter()
+            .map(|(name, entry)| {
+                let secret = LazySecret {
+                    sealed: entry.sealed,
+                    allowed_hosts: entry.allowed_hosts,
+                    opened: OnceLock::new(),
+                };
+                (name, secret)
+            })
+            .collect();
 
         let mut by_patterns: HashMap<&[String], Arc<KeyScope>> = HashMap::new();
         let scopes = api_keys
@@ -189,8 +186,7 @@ impl CompiledEnvironment {
             revision,
             functions,
             secrets,
-            unopened,
-            redaction: Arc::new(redaction),
+            opening_keys: opening_keys.clone(),
             api_keys,
             scopes,
             last_used,
@@ -213,34 +209,90 @@ impl CompiledEnvironment {
         self.functions.get(name)
     }
 
-    /// The plaintext of secret `name`, for rendering only.
-    pub fn secret(&self, name: &str) -> Option<&str> {
-        self.secrets.get(name).map(|secret| secret.value.expose())
+    /// Secret `name` opened, opening it if this is its first use; `None` when the snapshot
+    /// has no such secret or it does not open.
+    fn opened(&self, name: &str) -> Option<(&LazySecret, &OpenedSecret)> {
+        let secret = self.secrets.get(name)?;
+        let opened = secret
+            .opened
+            .get_or_init(|| self.open(name, &secret.sealed))
+            .as_ref()?;
+        Some((secret, opened))
     }
 
-    /// The hosts secret `name` may be sent to (empty: none), if the secret is open.
+    /// Open secret `name` and compile its forms (once per secret: see [`Self::opened`]).
+    fn open(&self, name: &str, sealed: &SealedSecret) -> Option<OpenedSecret> {
+        let (environment_id, revision) = (self.environment_id, self.revision);
+        let identity = SecretIdentity {
+            tenant_id: self.tenant_id,
+            environment_id,
+            name,
+            version: sealed.version,
+        };
+        let value = match self.opening_keys.open(identity, sealed) {
+            Ok(value) => value,
+            Err(error) => {
+                tracing::error!(
+                    %environment_id,
+                    revision,
+                    secret = %name,
+                    version = sealed.version,
+                    key_id = %sealed.key_id,
+                    error = %error,
+                    "secret cannot be opened; invocations that need it will fail"
+                );
+                return None;
+            }
+        };
+        match RedactionIndex::build(value.expose()) {
+            Ok(redaction) => Some(OpenedSecret {
+                value,
+                redaction: Arc::new(redaction),
+            }),
+            Err(error) => {
+                // Without redaction the secret may not be used: fail closed.
+                tracing::error!(
+                    %environment_id,
+                    revision,
+                    secret = %name,
+                    %error,
+                    "secret is unusable; invocations that need it will fail"
+                );
+                None
+            }
+        }
+    }
+
+    /// The plaintext of secret `name`, for rendering only (opened on first use).
+    pub fn secret(&self, name: &str) -> Option<&str> {
+        self.opened(name).map(|(_, opened)| opened.value.expose())
+    }
+
+    /// The hosts secret `name` may be sent to (empty: none), if the secret opens.
     pub fn secret_allowed_hosts(&self, name: &str) -> Option<&[HostPattern]> {
-        self.secrets
-            .get(name)
-            .map(|secret| secret.allowed_hosts.as_slice())
+        self.opened(name)
+            .map(|(secret, _)| secret.allowed_hosts.as_slice())
     }
 
     /// Whether secret `name` is in the snapshot but could not be opened by this data plane.
     pub fn is_unopened(&self, name: &str) -> bool {
-        self.unopened.contains(name)
+        self.secrets.contains_key(name) && self.opened(name).is_none()
     }
 
-    /// The redaction automaton for this environment's secrets.
-    pub fn redaction(&self) -> &Arc<RedactionIndex> {
-        &self.redaction
-    }
-
-    /// The set of the named (opened) secrets, for redaction.
-    pub fn secret_set<'n>(&self, names: impl IntoIterator<Item = &'n str>) -> SecretSet {
-        SecretSet::of(
+    /// What a request that injected the named secrets redacts: the forms of each of them
+    /// (names that are not open secrets are skipped: such a request was never sent).
+    pub fn request_redaction<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> RequestRedaction {
+        RequestRedaction::new(
             names
                 .into_iter()
-                .filter_map(|name| self.secrets.get(name).map(|secret| secret.index)),
+                .filter_map(|name| {
+                    self.opened(name)
+                        .map(|(_, opened)| opened.redaction.clone())
+                })
+                .collect(),
         )
     }
 
@@ -630,12 +682,107 @@ mod tests {
         assert!(env.is_unopened("OLD"));
         assert!(!env.is_unopened("NOT_IN_SNAPSHOT"));
         assert_eq!(env.secret("NEW"), Some("new-value"));
-        // Redaction covers the opened secret, by its index.
-        let set = env.secret_set(["NEW", "OLD", "NOT_IN_SNAPSHOT"]);
+        // Redaction covers the opened secret.
+        let redaction = env.request_redaction(["NEW", "OLD", "NOT_IN_SNAPSHOT"]);
         assert_eq!(
-            env.redaction().redact(&set, b"x new-value y"),
+            redaction.redact(b"x new-value y"),
             Some(b"x [REDACTED] y".to_vec())
         );
+    }
+
+    #[test]
+    fn secrets_stay_sealed_until_first_used_and_open_once() {
+        let key = OpeningKey::generate();
+        let identity = |name| SecretIdentity {
+            tenant_id: TENANT,
+            environment_id: ENV_A,
+            name,
+            version: 1,
+        };
+        let mut s = snapshot(ENV_A, 1);
+        for (name, value) in [("A", "value-of-a"), ("B", "value-of-b")] {
+            let sealed = key.sealing_key().seal(identity(name), value).unwrap();
+            s.secrets.insert(name.into(), entry(sealed));
+        }
+        let foreign = OpeningKey::generate().sealing_key().clone();
+        let sealed = foreign.seal(identity("FOREIGN"), "foreign-value").unwrap();
+        s.secrets.insert("FOREIGN".into(), entry(sealed));
+        let env = CompiledEnvironment::compile(s, &key.into());
+        // `None`: still sealed; `Some(true)`: opened; `Some(false)`: does not open.
+        let state = |name: &str| env.secrets[name].opened.get().map(Option::is_some);
+        assert_eq!(
+            [state("A"), state("B"), state("FOREIGN")],
+            [None, None, None]
+        );
+
+        // Racing first uses all get the value of one opening.
+        let values: Vec<&str> = std::thread::scope(|threads| {
+            let handles: Vec<_> = (0..8).map(|_| threads.spawn(|| env.secret("A"))).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap().unwrap())
+                .collect()
+        });
+        assert!(values.iter().all(|v| std::ptr::eq(*v, values[0])));
+        assert_eq!(values[0], "value-of-a");
+        assert_eq!([state("A"), state("B")], [Some(true), None]);
+
+        // Redacting for a request that injected B opens B, and only B is redacted.
+        let redaction = env.request_redaction(["B"]);
+        assert_eq!(state("B"), Some(true));
+        assert_eq!(
+            redaction.redact(b"<value-of-b> VALUE-OF-B value-of-a"),
+            Some(b"<[REDACTED]> [REDACTED] value-of-a".to_vec())
+        );
+
+        // A secret that does not open fails closed everywhere, and stays failed (no retry,
+        // so it is logged once).
+        assert_eq!(env.secret("FOREIGN"), None);
+        assert_eq!(state("FOREIGN"), Some(false));
+        assert!(env.is_unopened("FOREIGN"));
+        assert!(env.secret_allowed_hosts("FOREIGN").is_none());
+        assert_eq!(
+            env.request_redaction(["FOREIGN"]).redact(b"foreign-value"),
+            None
+        );
+        assert!(!env.is_unopened("A") && !env.is_unopened("NOT_THERE"));
+        let debug = format!("{env:?}");
+        assert!(!debug.contains("value-of"), "{debug}");
+    }
+
+    #[test]
+    fn a_new_snapshot_starts_with_cold_secrets() {
+        let key = OpeningKey::generate();
+        let store = SnapshotStore::new(key.clone().into());
+        let with_token = |revision: i64, version: i32, value: &str| {
+            let identity = SecretIdentity {
+                tenant_id: TENANT,
+                environment_id: ENV_A,
+                name: "TOKEN",
+                version,
+            };
+            let mut s = snapshot(ENV_A, revision);
+            let sealed = key.sealing_key().seal(identity, value).unwrap();
+            s.secrets.insert("TOKEN".into(), entry(sealed));
+            s
+        };
+        store.apply(with_token(1, 1, "first-value"));
+        let first = store.load().environment(&ENV_A).unwrap().clone();
+        assert_eq!(first.secret("TOKEN"), Some("first-value"));
+
+        // Rotated: the new environment's secret is sealed until used, then the new value.
+        store.apply(with_token(2, 2, "second-value"));
+        let second = store.load().environment(&ENV_A).unwrap().clone();
+        assert!(second.secrets["TOKEN"].opened.get().is_none());
+        assert_eq!(second.secret("TOKEN"), Some("second-value"));
+        assert_eq!(
+            second
+                .request_redaction(["TOKEN"])
+                .redact(b"first-value second-value"),
+            Some(b"first-value [REDACTED]".to_vec())
+        );
+        // A request still holding the old environment keeps what it had.
+        assert_eq!(first.secret("TOKEN"), Some("first-value"));
     }
 
     #[test]

@@ -229,10 +229,8 @@ impl Gateway {
         let args = render::parse_arguments(&body)?;
         let invocation = render::render(compiled, environment, &args)?;
         if !invocation.secrets.is_empty() {
-            ctx.redaction = Some(RequestRedaction {
-                index: environment.redaction().clone(),
-                used: environment.secret_set(invocation.secrets.iter().map(String::as_str)),
-            });
+            ctx.redaction =
+                Some(environment.request_redaction(invocation.secrets.iter().map(String::as_str)));
         }
         ctx.deadline = Some(Instant::now() + invocation.timeout);
         ctx.invocation = Some(invocation);
