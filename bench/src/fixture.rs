@@ -34,6 +34,9 @@ pub fn api_key(run: &str, i: usize) -> String {
     format!("ak_bench_{run}_{i:06}")
 }
 
+/// A function that injects no secret (so its responses are not redacted either).
+pub const PLAIN_FUNCTION: &str = "plain";
+
 /// Name of function `i`; function `i` injects secret `SECRET_{i}`.
 pub fn function_name(i: usize) -> String {
     format!("fn_{i:04}")
@@ -57,7 +60,7 @@ fn patterns(i: usize, functions: usize) -> Vec<String> {
 
 /// Build the environment: function `i` is `GET {upstream}/fn_i` with
 /// `Authorization: Bearer {{secrets.SECRET_i}}` (the first `functions` secrets are used, the
-/// rest are loaded but idle, as in a real vault).
+/// rest are loaded but idle, as in a real vault), plus [`PLAIN_FUNCTION`].
 pub fn build(
     run: &str,
     size: Size,
@@ -67,7 +70,7 @@ pub fn build(
 ) -> Result<Fixture> {
     let tenant_id = Uuid::new_v4();
     let environment_id = Uuid::new_v4();
-    let functions = (0..size.functions)
+    let mut functions: BTreeMap<String, FunctionSpec> = (0..size.functions)
         .map(|i| {
             let name = function_name(i);
             let spec = FunctionSpec {
@@ -85,6 +88,18 @@ pub fn build(
             (name, spec)
         })
         .collect();
+    functions.insert(
+        PLAIN_FUNCTION.into(),
+        FunctionSpec {
+            id: Uuid::new_v4(),
+            name: PLAIN_FUNCTION.into(),
+            method: "GET".into(),
+            url: format!("{upstream}/{PLAIN_FUNCTION}"),
+            headers: Vec::new(),
+            body: None,
+            timeout_ms: 5_000,
+        },
+    );
     let hosts = vec![HostPattern::parse("127.0.0.1")?];
     let mut secrets = BTreeMap::new();
     for i in 0..size.secrets {

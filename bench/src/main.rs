@@ -42,8 +42,15 @@ enum Cli {
         upstream: SocketAddr,
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Send responses chunked (drop the upstream's content-length).
+        #[arg(long)]
+        chunked: bool,
     },
 }
+
+/// The same allocator as Airlock's data plane, so that C and D differ only in what they do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     match Cli::parse() {
@@ -51,7 +58,8 @@ fn main() -> std::process::ExitCode {
             listen,
             upstream,
             threads,
-        } => pingora_proxy::run(listen, upstream, threads),
+            chunked,
+        } => pingora_proxy::run(listen, upstream, threads, chunked),
         Cli::Run(options) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

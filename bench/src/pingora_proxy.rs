@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 
 use async_trait::async_trait;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::{HttpPeer, ProxyHttp, Session};
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
@@ -16,6 +16,9 @@ pub const STATIC_HEADER: (&str, &str) = ("x-bench-proxy", "pingora");
 
 struct BareProxy {
     upstream: SocketAddr,
+    /// Drop the upstream's `content-length`, so the client gets the body chunked: what
+    /// Airlock does to every response it redacts (redaction can change the length).
+    chunked: bool,
 }
 
 #[async_trait]
@@ -41,17 +44,30 @@ impl ProxyHttp for BareProxy {
         upstream_request.insert_header(STATIC_HEADER.0, STATIC_HEADER.1)?;
         Ok(())
     }
+
+    // The same hook, and the same change, as Airlock's data plane when it redacts.
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut Self::CTX,
+    ) -> pingora::Result<()> {
+        if self.chunked {
+            upstream_response.remove_header("content-length");
+        }
+        Ok(())
+    }
 }
 
 /// Serve on `listen` until the process is killed.
-pub fn run(listen: SocketAddr, upstream: SocketAddr, threads: usize) -> ! {
+pub fn run(listen: SocketAddr, upstream: SocketAddr, threads: usize, chunked: bool) -> ! {
     let conf = ServerConf {
         threads,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = http_proxy_service(&server.configuration, BareProxy { upstream });
+    let mut service = http_proxy_service(&server.configuration, BareProxy { upstream, chunked });
     service.add_tcp(&listen.to_string());
     server.add_service(service);
     server.run_forever()

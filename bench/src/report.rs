@@ -89,6 +89,13 @@ pub struct Cold {
     pub direct: Percentiles,
 }
 
+/// A peak measured to explain the difference between C and D.
+pub struct Step {
+    pub what: &'static str,
+    pub peak: Peak,
+    pub cpu: u64,
+}
+
 pub struct Report {
     pub size: Size,
     /// From starting the data plane (environment already in Redis) to its first 200.
@@ -103,11 +110,16 @@ pub struct Report {
     pub rebuild: Vec<Duration>,
     /// GraphQL mutation sent to accepted by both data planes.
     pub propagation: Vec<Duration>,
+    pub decomposition: Vec<Step>,
 }
 
 impl Report {
     pub fn all_requests_succeeded(&self) -> bool {
         self.scenarios.iter().all(|s| s.failures() == 0)
+            && self
+                .decomposition
+                .iter()
+                .all(|s| s.peak.non_2xx + s.peak.socket_errors == 0)
     }
 }
 
@@ -158,6 +170,28 @@ pub fn print(report: &Report) {
                 if index == 0 { m.failures().to_string() } else { String::new() },
             );
         }
+    }
+    println!();
+    println!("From C to D, peak (wrk):");
+    println!();
+    println!("| step | peak req/s | CPU µs/req | failed |");
+    println!("|---|---|---|---|");
+    let steps = [(&s[2].peak, s[2].peak_cpu, "C bare Pingora proxy")]
+        .into_iter()
+        .chain(
+            report
+                .decomposition
+                .iter()
+                .map(|step| (&step.peak, step.cpu, step.what)),
+        )
+        .chain([(&s[3].peak, s[3].peak_cpu, "D Airlock, warm")]);
+    for (peak, cpu, what) in steps {
+        println!(
+            "| {what} | {:.0} | {:.1} | {} |",
+            peak.rate(),
+            cpu as f64 / peak.requests.max(1) as f64,
+            peak.non_2xx + peak.socket_errors
+        );
     }
     let c = &report.cold;
     println!();

@@ -28,6 +28,10 @@ pub struct Options {
     /// Keep the work directory (configs, process logs) and print its path.
     #[arg(long)]
     pub keep: bool,
+    /// Size of the environment loaded into the data plane: keys,functions,secrets (default
+    /// 10000,1000,10000; 100,10,20 with --smoke).
+    #[arg(long, value_parser = parse_size)]
+    pub environment: Option<Size>,
     /// Start everything, print each scenario's URL and process id, and wait (until killed)
     /// instead of measuring: for profiling one process under a load of your own.
     #[arg(long)]
@@ -112,6 +116,21 @@ pub async fn run(options: Options) -> Result<bool> {
         &dir,
     )?);
 
+    let chunked_port = free_port();
+    processes.push(procs::spawn_pinned(
+        "pingora-proxy-chunked",
+        &plan.proxy,
+        &std::env::current_exe()?,
+        &[
+            "pingora-proxy".into(),
+            format!("--listen=127.0.0.1:{chunked_port}"),
+            format!("--upstream=127.0.0.1:{upstream_port}"),
+            "--threads=1".into(),
+            "--chunked".into(),
+        ],
+        &[("RUST_LOG", "warn".into())],
+        &dir,
+    )?);
     let opening = OpeningKey::generate();
     let key_file = dir.join("seal.key");
     write_private(&key_file, opening.to_base64().as_bytes())?;
@@ -150,7 +169,13 @@ pub async fn run(options: Options) -> Result<bool> {
         &mut redis,
         &names,
         &mut fixture,
-        [upstream_port, nginx_port, pingora_port, airlock_port],
+        [
+            upstream_port,
+            nginx_port,
+            pingora_port,
+            airlock_port,
+            chunked_port,
+        ],
         started,
         &airlock_url,
         &run,
@@ -176,7 +201,7 @@ async fn measure(
     redis: &mut redis::aio::MultiplexedConnection,
     names: &RedisNames,
     fixture: &mut fixture::Fixture,
-    ports: [u16; 4],
+    ports: [u16; 5],
     started: Instant,
     airlock_url: &str,
     run: &str,
@@ -198,7 +223,7 @@ async fn measure(
             processes[0].id(),
             processes[1].id(),
             processes[2].id(),
-            processes[3].id(),
+            processes[4].id(),
         ],
         targets: [
             plain(ports[0]),
@@ -217,7 +242,7 @@ async fn measure(
     };
 
     // Everything answers before anything is measured.
-    for process in processes.iter_mut().take(3) {
+    for process in processes.iter_mut().take(4) {
         process.check_running()?;
     }
     for target in &system.targets[..3] {
@@ -268,6 +293,18 @@ async fn measure(
         );
         measured.push(Measured::new(letter, what, peak, cpu));
     }
+    let decomposition = decompose(
+        options,
+        plan,
+        seconds,
+        dir,
+        &system,
+        &processes[3],
+        ports[4],
+        airlock_url,
+        &static_auth,
+    )
+    .await?;
     let b_peak = measured[1].peak.rate();
     for (load_index, fraction) in [0.5, 0.8].into_iter().enumerate() {
         let rate = (b_peak * fraction).max(10.0);
@@ -335,9 +372,73 @@ async fn measure(
         cold,
         rebuild,
         propagation,
+        decomposition,
     };
     report::print(&report);
     Ok(report.all_requests_succeeded())
+}
+
+/// Peak throughput of the steps between C and D: Pingora sending responses chunked (as
+/// Airlock does for the responses it redacts), and Airlock invoking a function that injects
+/// no secret (no redaction, no `secret.used` event).
+#[allow(clippy::too_many_arguments)]
+async fn decompose(
+    options: &Options,
+    plan: &CpuPlan,
+    seconds: Duration,
+    dir: &Path,
+    system: &System,
+    chunked: &Process,
+    chunked_port: u16,
+    airlock_url: &str,
+    auth: &(String, String),
+) -> Result<Vec<report::Step>> {
+    let chunked_target = Target {
+        url: format!(
+            "http://127.0.0.1:{chunked_port}/{}",
+            fixture::function_name(0)
+        ),
+        ..system.targets[2].clone()
+    };
+    let plain_target = Target {
+        url: format!(
+            "{airlock_url}/v1/functions/{}/invoke",
+            fixture::PLAIN_FUNCTION
+        ),
+        method: "POST",
+        headers: vec![
+            auth.clone(),
+            ("Content-Type".into(), "application/json".into()),
+        ],
+        body: Some("{}".into()),
+    };
+    let client = reqwest::Client::new();
+    wait_for_200(&client, &chunked_target, Duration::from_secs(10)).await?;
+    wait_for_200(&client, &plain_target, Duration::from_secs(10)).await?;
+    let mut steps = Vec::new();
+    for (what, target, pid) in [
+        ("C, responses chunked", chunked_target, chunked.id()),
+        ("D, function without secrets", plain_target, system.pids[3]),
+    ] {
+        load::wrk(
+            &plan.generator,
+            &target,
+            Duration::from_secs(1),
+            options.connections,
+            dir,
+        )?;
+        let cpu_before = procs::cpu_micros(pid)?;
+        let peak = load::wrk(&plan.generator, &target, seconds, options.connections, dir)?;
+        let cpu = procs::cpu_micros(pid)? - cpu_before;
+        println!(
+            "{what}: {:.0} req/s, {} non-2xx, {} socket errors",
+            peak.rate(),
+            peak.non_2xx,
+            peak.socket_errors
+        );
+        steps.push(report::Step { what, peak, cpu });
+    }
+    Ok(steps)
 }
 
 /// GET/POST `target` until it answers 200 (at most `within`).
@@ -603,6 +704,20 @@ async fn propagation_times(
     }
     airlock.check_running()?;
     Ok(times)
+}
+
+fn parse_size(text: &str) -> Result<Size, String> {
+    let numbers: Vec<usize> = text
+        .split(',')
+        .map(|n| n.trim().parse::<usize>())
+        .collect::<Result<_, _>>()
+        .map_err(|_| "expected KEYS,FUNCTIONS,SECRETS, three numbers".to_string())?;
+    match numbers[..] {
+        [keys, functions, secrets] if keys >= 1 && functions >= 2 && secrets >= functions => {
+            Ok(Size { keys, functions, secrets })
+        }
+        _ => Err("expected KEYS,FUNCTIONS,SECRETS with at least 1 key, 2 functions and a secret per function".into()),
+    }
 }
 
 fn which(tool: &str) -> Option<PathBuf> {

@@ -252,19 +252,24 @@ async fn shutting_down(shutdown: &mut ShutdownWatch) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
-/// Top `batch` up with what arrives within [`BATCH_LINGER`], until it is full.
+/// Top `batch` up with what arrives within [`BATCH_LINGER`], until it is full. It sleeps
+/// instead of waiting on the queue, so the request path's sends wake nobody meanwhile (a
+/// waiting receiver would be woken, across threads, for every single event).
 async fn linger(
     receiver: &mut mpsc::Receiver<DataPlaneMessage>,
     batch: &mut Vec<DataPlaneMessage>,
 ) {
-    let _ = tokio::time::timeout(BATCH_LINGER, async {
-        while batch.len() < BATCH_SIZE {
-            if receiver.recv_many(batch, BATCH_SIZE - batch.len()).await == 0 {
-                return; // every emitter is gone; the caller finds out on its next receive
-            }
+    if batch.len() >= BATCH_SIZE {
+        return;
+    }
+    tokio::time::sleep(BATCH_LINGER).await;
+    while batch.len() < BATCH_SIZE {
+        match receiver.try_recv() {
+            Ok(message) => batch.push(message),
+            // Empty, or every emitter is gone: the caller finds out on its next receive.
+            Err(_) => break,
         }
-    })
-    .await;
+    }
 }
 
 async fn deliver(

@@ -8,6 +8,12 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
+/// mimalloc instead of glibc's malloc: the request path allocates many small, short-lived
+/// buffers, and after a large snapshot has been parsed and freed glibc's heap is fragmented
+/// enough to slow every request down (docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
