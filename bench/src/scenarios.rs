@@ -364,6 +364,7 @@ async fn measure(
     )
     .await?;
     let report = Report {
+        smoke: options.smoke,
         size,
         first_serve,
         rss_loaded,
