@@ -17,7 +17,8 @@ pub const STATIC_HEADER: (&str, &str) = ("x-bench-proxy", "pingora");
 struct BareProxy {
     upstream: SocketAddr,
     /// Drop the upstream's `content-length`, so the client gets the body chunked: what
-    /// Airlock does to every response it redacts (redaction can change the length).
+    /// Airlock does to the gzip/deflate responses it decodes to redact (identity bodies keep
+    /// their length: body masks are as long as what they replace).
     chunked: bool,
 }
 

@@ -380,7 +380,8 @@ async fn measure(
 }
 
 /// Peak throughput of the steps between C and D: Pingora sending responses chunked (as
-/// Airlock does for the responses it redacts), and Airlock invoking a function that injects
+/// Airlock does for the compressed responses it decodes to redact; identity ones keep their
+/// `content-length`), and Airlock invoking a function that injects
 /// no secret (no redaction, no `secret.used` event).
 #[allow(clippy::too_many_arguments)]
 async fn decompose(

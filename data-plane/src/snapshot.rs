@@ -686,7 +686,7 @@ mod tests {
         let redaction = env.request_redaction(["NEW", "OLD", "NOT_IN_SNAPSHOT"]);
         assert_eq!(
             redaction.redact(b"x new-value y"),
-            Some(b"x [REDACTED] y".to_vec())
+            Some(b"x ********* y".to_vec())
         );
     }
 
@@ -730,6 +730,7 @@ mod tests {
         // Redacting for a request that injected B opens B, and only B is redacted.
         let redaction = env.request_redaction(["B"]);
         assert_eq!(state("B"), Some(true));
+        // Body masks keep the length: a 10-byte value becomes exactly `[REDACTED]`.
         assert_eq!(
             redaction.redact(b"<value-of-b> VALUE-OF-B value-of-a"),
             Some(b"<[REDACTED]> [REDACTED] value-of-a".to_vec())
@@ -779,7 +780,7 @@ mod tests {
             second
                 .request_redaction(["TOKEN"])
                 .redact(b"first-value second-value"),
-            Some(b"first-value [REDACTED]".to_vec())
+            Some(b"first-value [REDACTED**]".to_vec())
         );
         // A request still holding the old environment keeps what it had.
         assert_eq!(first.secret("TOKEN"), Some("first-value"));

@@ -17,6 +17,22 @@ use serde_json::{json, Value};
 /// How long a process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the data plane puts in a response body where `len` bytes of a secret's form were (spelled
+/// out here, not taken from the data plane): a mask as long as they were, `[REDACTED***]` from
+/// 10 bytes on, `***` below. Response header values get the plain `[REDACTED]` instead.
+pub fn body_mask(len: usize) -> String {
+    if len < 10 {
+        "*".repeat(len)
+    } else {
+        format!("[REDACTED{}]", "*".repeat(len - 10))
+    }
+}
+
+/// Whether `text` is one body mask, whole (see [`body_mask`]).
+pub fn is_body_mask(text: &str) -> bool {
+    text == body_mask(text.len())
+}
+
 /// A free TCP port on 127.0.0.1 (the listener is closed again before the port is used).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

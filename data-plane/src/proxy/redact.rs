@@ -2,8 +2,9 @@
 //!
 //! An upstream can echo what it received (debug endpoints, error messages quoting the request,
 //! `httpbin`-style mirrors). Before a response goes back to the client, every secret that was
-//! injected into its request is replaced by [`REDACTED`] in the response headers and body, in
-//! each form it plausibly takes there:
+//! injected into its request is replaced in the response headers (by [`REDACTED`]) and body
+//! (by a mask of the same length, see [Bodies](#bodies)), in each form it plausibly takes
+//! there:
 //!
 //! - the value itself;
 //! - base64, standard and URL-safe alphabets, padded and unpadded; plus the characters that
@@ -20,14 +21,15 @@
 //!
 //! Matching ignores ASCII case, so a value upper-cased by the upstream, or percent-encoded
 //! with lower-case hex, is caught as well. Overlapping occurrences are merged and replaced by
-//! a single marker.
+//! a single marker (or mask).
 //!
 //! Each secret has its own Aho-Corasick automaton of its forms ([`RedactionIndex`]), built the
 //! first time a request injects the secret, when it is opened (see [`crate::snapshot`]), and
 //! kept with the opened value for as long as the snapshot lives. A request redacts exactly
 //! the secrets it injected ([`RequestRedaction`]): each one's automaton is searched on its own
 //! (overlapping, so one form cannot hide another that overlaps it) and the occurrences of all
-//! of them are merged, so overlapping occurrences of different secrets become one marker too.
+//! of them are merged, so overlapping occurrences of different secrets become one marker (or
+//! mask) too.
 //! Secrets the request did not inject are not searched for at all.
 //!
 //! ## Speed
@@ -43,12 +45,21 @@
 //!
 //! ## Bodies
 //!
+//! In a body, an occurrence (merged with those it overlaps) of `L` bytes is replaced by a mask
+//! of exactly `L` bytes ([`mask`]): `[REDACTED` + `*` × (`L` − 10) + `]` from 10 bytes on
+//! (`[REDACTED]` for 10), `L` times `*` below. So a redacted body keeps its length: an
+//! identity body keeps the upstream's `content-length` and goes out in one piece, not
+//! re-chunked (Pingora would otherwise write the head, each chunk and the last chunk
+//! separately). Header values keep the plain [`REDACTED`] marker: their length frames nothing.
+//!
 //! Bodies are redacted as they stream ([`StreamRedactor`]): the last `longest form - 1` bytes
 //! of each chunk are held back until the next chunk arrives, so a value split across chunks is
-//! still found, and the output is the same for every way the body is cut into chunks. The
-//! body may change length, so `content-length` is dropped and the client gets it chunked.
-//! Bodies with `content-encoding: gzip` (or `x-gzip`) or `deflate` (zlib or raw) are
-//! decompressed, redacted and sent **decoded**, without `content-encoding`: re-compressing
+//! still found, and the output is the same for every way the body is cut into chunks (and as
+//! long as the input). An occurrence that runs into the held-back bytes may still grow, so its
+//! mask is sent only as far as it is known: all of it but the last byte from 10 bytes on,
+//! none of it below (such an occurrence waits for the next chunk). Bodies with `content-encoding: gzip` (or `x-gzip`) or `deflate` (zlib or raw) are
+//! decompressed, redacted and sent **decoded**, without `content-encoding` and
+//! `content-length` (so chunked): re-compressing
 //! would cost CPU on the gateway to save bandwidth only on the last hop. Other encodings
 //! (`br`, `zstd`...) cannot be inspected, so such a response is refused (fail closed); the
 //! upstream request's `accept-encoding` is narrowed to what can be decoded so that a
@@ -67,9 +78,13 @@
 //! ## Limits
 //!
 //! Forms not listed above (hex, other compressions, a value re-encoded twice, other mixes of
-//! raw and percent-encoded characters, or transformed beyond ASCII case) are not recognised. Trailers are not forwarded at all. The headers of a
-//! redacted response lose `content-length` and `accept-ranges`, and a strong `etag` is
-//! weakened; a `206` response's `content-range` is left as the upstream sent it. The
+//! raw and percent-encoded characters, or transformed beyond ASCII case) are not recognised.
+//! Trailers are not forwarded at all. A body mask has the length of what it replaces, so it
+//! reveals how long the redacted text was (which form matched, hence roughly how long the
+//! secret is), never its content. The headers of a redacted response lose `accept-ranges`
+//! (and `content-length` when the body is decoded), and a strong `etag` is weakened: the
+//! bytes differ from the upstream's even when the length does not; a `206` response's
+//! `content-range` is left as the upstream sent it. The
 //! automata's memory holds the forms and is not zeroized when a snapshot is replaced (secret
 //! values themselves are).
 
@@ -85,8 +100,30 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use pingora::http::ResponseHeader;
 use zeroize::Zeroizing;
 
-/// What replaces every occurrence of a secret.
+/// What replaces every occurrence of a secret in a response header value.
 pub const REDACTED: &[u8] = b"[REDACTED]";
+
+/// Bytes `range` of what replaces an occurrence `len` bytes long in a response body: a mask
+/// of exactly `len` bytes, so the body keeps its length (and the upstream's `content-length`
+/// still holds). From 10 bytes on it reads as the header marker, stretched: `[REDACTED` +
+/// `*` × (`len` − 10) + `]` (exactly [`REDACTED`] for 10); shorter occurrences become `len`
+/// times `*`. The first `len - 1` bytes of a mask of at least 10 bytes are also the first
+/// bytes of every longer mask: that lets [`StreamRedactor`] send a long occurrence's mask
+/// before it knows where the occurrence ends.
+fn mask(len: usize, range: std::ops::Range<usize>) -> impl Iterator<Item = u8> {
+    debug_assert!(range.end <= len);
+    range.map(move |i| {
+        if len < REDACTED.len() {
+            b'*'
+        } else if i + 1 == len {
+            b']'
+        } else if i + 1 < REDACTED.len() {
+            REDACTED[i]
+        } else {
+            b'*'
+        }
+    })
+}
 
 /// Shortest value searched for inside bodies and header values.
 pub const MIN_SEARCH_LEN: usize = 4;
@@ -453,8 +490,16 @@ impl RequestRedaction {
         merge_spans(spans);
     }
 
-    /// `value` with every form of the secrets replaced, or `None` if none occurs.
-    pub fn redact(&self, value: &[u8]) -> Option<Vec<u8>> {
+    /// A whole body with every form of the secrets replaced by a [`mask`] of its length (so
+    /// the result is as long as `body`), or `None` if none occurs. [`StreamRedactor`] gives
+    /// the same result piece by piece.
+    pub fn redact(&self, body: &[u8]) -> Option<Vec<u8>> {
+        self.replace(body, |out, len| out.extend(mask(len, 0..len)))
+    }
+
+    /// `value` with every occurrence (merged) replaced by what `write` appends for its
+    /// length, or `None` if none occurs.
+    fn replace(&self, value: &[u8], write: impl Fn(&mut Vec<u8>, usize)) -> Option<Vec<u8>> {
         let mut spans = Vec::new();
         let mut lowered = Vec::new();
         let lowered = lowercase_into(value, &mut lowered);
@@ -466,14 +511,15 @@ impl RequestRedaction {
         let mut pos = 0;
         for (start, end) in spans {
             out.extend_from_slice(&value[pos..start]);
-            out.extend_from_slice(REDACTED);
+            write(&mut out, end - start);
             pos = end;
         }
         out.extend_from_slice(&value[pos..]);
         Some(out)
     }
 
-    /// A header value with the secrets redacted, or `None` when it holds none. Unlike
+    /// A header value with every occurrence of the secrets replaced by [`REDACTED`] (the
+    /// length of a header value does not matter), or `None` when it holds none. Unlike
     /// bodies, a header value that is exactly a short secret value is redacted too.
     pub fn redact_header_value(&self, value: &[u8]) -> Option<Vec<u8>> {
         let trimmed = value.trim_ascii();
@@ -486,7 +532,7 @@ impl RequestRedaction {
         if is_short_secret {
             return Some(REDACTED.to_vec());
         }
-        self.redact(value)
+        self.replace(value, |out, _| out.extend_from_slice(REDACTED))
     }
 
     /// Whether a form of the secrets at least `min_len` bytes long occurs in `haystack` (for
@@ -503,12 +549,10 @@ impl RequestRedaction {
 /// Redacts one body as it streams through (see the module docs).
 pub struct StreamRedactor {
     redaction: RequestRedaction,
-    /// Bytes received but not yet sent: at most `longest - 1` of them.
+    /// Bytes received but not yet sent: fewer than `longest + 10` of them.
     pending: BytesMut,
-    /// How many leading bytes of `pending` belong to an occurrence already replaced by a
-    /// marker (an occurrence that ended inside the held-back bytes). A later occurrence that
-    /// overlaps them joins that marker instead of leaking its remainder.
-    covered: usize,
+    /// An occurrence whose mask is partly sent: it goes on into `pending`.
+    open: Option<OpenMask>,
     spans: Vec<(usize, usize)>,
     /// `pending` ASCII-lowercased, for the prefilter (reused from chunk to chunk). Like
     /// `pending`, it is not zeroized: zeroizing every response body would cost more than
@@ -522,7 +566,7 @@ impl StreamRedactor {
         Self {
             redaction,
             pending: BytesMut::new(),
-            covered: 0,
+            open: None,
             spans: Vec::new(),
             lowered: Vec::new(),
         }
@@ -548,42 +592,83 @@ impl StreamRedactor {
         let lowered = lowercase_into(&self.pending, &mut self.lowered);
         self.redaction
             .spans(&self.pending, lowered, &mut self.spans);
-        if self.spans.is_empty() && self.covered == 0 {
+        if self.spans.is_empty() && self.open.is_none() {
             return self.pending.split_to(hold).freeze();
         }
 
-        let mut out = BytesMut::with_capacity(hold + REDACTED.len());
+        // Every byte before `hold` is sent, unless a short occurrence runs past it (then from
+        // that occurrence on everything waits for the next chunk; see below).
+        let mut sent = hold;
+        let mut out = BytesMut::with_capacity(hold);
         let mut spans = self.spans.iter().copied().peekable();
         let mut pos = 0;
-        if self.covered > 0 {
-            // Continue the marker already sent.
-            let mut end_of_marker = self.covered;
+        if let Some(open) = self.open.take() {
+            // Continue the mask already started: occurrences that overlap its covered bytes
+            // join it, so its final length is only known once it stops growing.
+            let mut end_of_span = open.covered;
             while let Some(&(start, end)) = spans.peek() {
-                if start >= end_of_marker {
+                if start >= end_of_span {
                     break;
                 }
-                end_of_marker = end_of_marker.max(end);
+                end_of_span = end_of_span.max(end);
                 spans.next();
             }
-            pos = end_of_marker;
+            let len = open.sent + end_of_span;
+            if end_of_span > hold {
+                out.extend(mask(len, open.sent..open.sent + hold));
+                self.open = Some(OpenMask {
+                    sent: open.sent + hold,
+                    covered: end_of_span - hold,
+                });
+                let _ = self.pending.split_to(hold);
+                return out.freeze();
+            }
+            out.extend(mask(len, open.sent..len));
+            pos = end_of_span;
         }
         for (start, end) in spans {
             if start >= hold {
                 break;
             }
             out.extend_from_slice(&self.pending[pos..start]);
-            out.extend_from_slice(REDACTED);
-            pos = end;
+            let len = end - start;
+            if end <= hold {
+                out.extend(mask(len, 0..len));
+                pos = end;
+            } else if len >= REDACTED.len() {
+                // It may still grow (an occurrence starting in the held-back bytes can overlap
+                // it), but all but the last byte of its mask are already known: send the
+                // mask up to `hold`.
+                out.extend(mask(len, 0..hold - start));
+                self.open = Some(OpenMask {
+                    sent: hold - start,
+                    covered: end - hold,
+                });
+                pos = hold;
+                break;
+            } else {
+                // A mask shorter than 10 bytes changes entirely if it grows past 10: hold the
+                // occurrence back (it is found again in the next chunk).
+                sent = start;
+                pos = start;
+                break;
+            }
         }
-        if pos < hold {
-            out.extend_from_slice(&self.pending[pos..hold]);
-            self.covered = 0;
-        } else {
-            self.covered = pos - hold;
+        if pos < sent {
+            out.extend_from_slice(&self.pending[pos..sent]);
         }
-        let _ = self.pending.split_to(hold);
+        let _ = self.pending.split_to(sent);
         out.freeze()
     }
+}
+
+/// The part of a body occurrence already replaced when it runs into the held-back bytes.
+#[derive(Debug, Clone, Copy)]
+struct OpenMask {
+    /// Bytes of its mask already sent (as many as the occurrence bytes before `pending`).
+    sent: usize,
+    /// How many leading bytes of `pending` it covers so far.
+    covered: usize,
 }
 
 /// Response headers that frame the body: never redacted (they hold numbers and coding names,
@@ -603,9 +688,12 @@ const MIN_NAME_MATCH_LEN: usize = 8;
 pub struct UnredactableResponse(String);
 
 /// Redact the response head for `redaction` and get its body ready: see
-/// [`redact_headers`]; then, since the body may change length, framing and validators that
-/// describe the upstream's bytes are removed or weakened, and a compressed body is announced
-/// as decoded. Fails when the body is in a coding that cannot be decoded.
+/// [`redact_headers`]; then, since the body's bytes may change, validators and ranges that
+/// describe the upstream's bytes are weakened or removed. An identity body keeps its length
+/// (body masks are as long as what they replace), so it keeps `content-length` and is not
+/// re-chunked; a compressed body is sent decoded, so it loses `content-length` (and is sent
+/// chunked) and is announced as decoded. Fails when the body is in a coding that cannot be
+/// decoded.
 pub fn redact_response_head(
     response: &mut ResponseHeader,
     redaction: &RequestRedaction,
@@ -629,8 +717,11 @@ pub fn redact_response_head(
         response.remove_header(&header::CONTENT_ENCODING);
     }
     if !empty_body {
-        // Pingora then sends the body chunked.
-        response.remove_header(&header::CONTENT_LENGTH);
+        if coding != ContentCoding::Identity {
+            // The decoded length is unknown: Pingora then sends the body chunked.
+            response.remove_header(&header::CONTENT_LENGTH);
+        }
+        // Same length or not, the bytes may differ from the upstream's.
         response.remove_header(&header::ACCEPT_RANGES);
         weaken_etag(response);
     }
@@ -934,6 +1025,28 @@ mod tests {
         String::from_utf8_lossy(bytes).into_owned()
     }
 
+    /// The body mask for an occurrence of `len` bytes, as text.
+    fn m(len: usize) -> String {
+        text(&mask(len, 0..len).collect::<Vec<u8>>())
+    }
+
+    #[test]
+    fn a_body_mask_is_as_long_as_what_it_replaces() {
+        assert_eq!(m(4), "****");
+        assert_eq!(m(9), "*********");
+        assert_eq!(m(10), "[REDACTED]");
+        assert_eq!(m(11), "[REDACTED*]");
+        assert_eq!(m(48), format!("[REDACTED{}]", "*".repeat(38)));
+        for len in 0..100 {
+            assert_eq!(m(len).len(), len);
+            // A long mask's first `len - 1` bytes start every longer mask (what lets the
+            // stream send it before the occurrence ends).
+            if len >= 10 {
+                assert!(m(len + 7).starts_with(&m(len)[..len - 1]), "{len}");
+            }
+        }
+    }
+
     #[test]
     fn every_encoded_form_is_redacted() {
         let redaction = all(&[VALUE]);
@@ -969,7 +1082,12 @@ mod tests {
         for form in forms {
             let body = format!("before {form} after");
             let out = text(&redact_whole(&redaction, body.as_bytes()));
-            assert_eq!(out, "before [REDACTED] after", "form {form:?}");
+            // The form is gone and its mask stands exactly where it was.
+            assert_eq!(
+                out,
+                format!("before {} after", m(form.len())),
+                "form {form:?}"
+            );
         }
     }
 
@@ -983,13 +1101,16 @@ mod tests {
                     let body = format!("Basic {encoded}");
                     let out = redact_whole(&redaction, body.as_bytes());
                     assert!(
-                        contains(&out, REDACTED),
+                        contains(&out, b"[REDACTED"),
                         "{prefix:?}/{suffix:?}: {}",
                         text(&out)
                     );
-                    // What is left cannot be decoded back to the value.
+                    assert_eq!(out.len(), body.len());
+                    // What is left cannot be decoded back to the value (base64 has no `*`
+                    // nor `]`, so trimming them takes off the rest of a mask).
                     let rest = text(&out);
-                    for piece in rest.split("[REDACTED]") {
+                    for piece in rest.split("[REDACTED") {
+                        let piece = piece.trim_start_matches(['*', ']']);
                         let piece = piece.trim_start_matches("Basic ");
                         for engine in [&STANDARD_NO_PAD, &URL_SAFE_NO_PAD] {
                             if let Ok(decoded) = engine.decode(piece.trim_end_matches('=')) {
@@ -1028,7 +1149,7 @@ mod tests {
         let redaction = all(&["abab"]);
         let body = b"xx ababab yy abababab zz abab";
         let whole = redact_whole(&redaction, body);
-        assert_eq!(text(&whole), "xx [REDACTED] yy [REDACTED] zz [REDACTED]");
+        assert_eq!(text(&whole), "xx ****** yy ******** zz ****");
         for a in 0..=body.len() {
             for b in a..=body.len() {
                 assert_eq!(stream(&redaction, body, &[a, b]), whole, "cuts {a}, {b}");
@@ -1042,7 +1163,7 @@ mod tests {
         let redaction = all(&["token-abc", "abc-def", "xtoken-abc-defx"]);
         let body = b"1 token-abc-def 2 xtoken-abc-defx 3 abc-de";
         let whole = redact_whole(&redaction, body);
-        assert_eq!(text(&whole), "1 [REDACTED] 2 [REDACTED] 3 abc-de");
+        assert_eq!(text(&whole), format!("1 {} 2 {} 3 abc-de", m(13), m(15)));
         // Pseudo-random cuts agree with the whole-body result.
         let mut seed = 0x9e37_79b9_u32;
         for _ in 0..500 {
@@ -1057,6 +1178,79 @@ mod tests {
             cuts.sort_unstable();
             assert_eq!(stream(&redaction, body, &cuts), whole, "{cuts:?}");
         }
+    }
+
+    #[test]
+    fn a_long_chain_of_overlapping_occurrences_is_one_mask_however_the_body_is_cut() {
+        // Each `abab` overlaps the next: one 40-byte occurrence, whose mask is sent before the
+        // stream knows where it ends; and short ones, held back until they are known.
+        let redaction = all(&["abab", "xyz-token"]);
+        let body = format!("<{}> ab <ababa> xyz-tokenabab", "ab".repeat(20));
+        let body = body.as_bytes();
+        let whole = redact_whole(&redaction, body);
+        assert_eq!(
+            text(&whole),
+            // `ababa` holds one occurrence; adjacent ones (`xyz-token`, `abab`) stay two masks.
+            format!("<{}> ab <****a> {}{}", m(40), m(9), m(4))
+        );
+        for a in 0..=body.len() {
+            for b in a..=body.len() {
+                assert_eq!(stream(&redaction, body, &[a, b]), whole, "cuts {a}, {b}");
+            }
+        }
+        let cuts: Vec<usize> = (1..body.len()).collect();
+        assert_eq!(stream(&redaction, body, &cuts), whole);
+    }
+
+    /// Masks keep the length, so an identity body keeps its `content-length`: the stream's
+    /// output must be exactly as long as its input, however the body is cut.
+    #[test]
+    fn the_streamed_body_is_as_long_as_the_upstream_body() {
+        let secrets = ["secret-value-123", "abab", "Zq9/x+Y=&ü"];
+        let redaction = all(&secrets);
+        let mut seed = 0x1234_5678_u32;
+        let mut next = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed as usize % n
+        };
+        let pieces: Vec<Vec<u8>> = secrets
+            .iter()
+            .flat_map(|v| encoded_forms(v).into_iter().map(|f| f.to_vec()))
+            .chain([b"ab".to_vec(), b"secret-".to_vec()])
+            .collect();
+        for round in 0..300 {
+            let with_secrets = round % 2 == 0;
+            let mut body = Vec::new();
+            while body.len() < 50 + 3 * round {
+                if with_secrets && next(3) == 0 {
+                    body.extend_from_slice(&pieces[next(pieces.len())]);
+                } else {
+                    body.push(b" {}\"x-_q:,"[next(10)]);
+                }
+            }
+            let whole = redact_whole(&redaction, &body);
+            assert_eq!(whole.len(), body.len());
+            assert_eq!(whole != body, with_secrets, "round {round}");
+            for _ in 0..10 {
+                let mut cuts: Vec<usize> = (0..next(8)).map(|_| next(body.len() + 1)).collect();
+                cuts.sort_unstable();
+                let out = stream(&redaction, &body, &cuts);
+                assert_eq!(out.len(), body.len(), "round {round}, {cuts:?}");
+                assert_eq!(out, whole, "round {round}, {cuts:?}");
+            }
+        }
+
+        // The head: an identity body keeps its length, a decoded one loses it.
+        let mut identity = response(&[("content-length", "120"), ("etag", "\"v1\"")]);
+        redact_response_head(&mut identity, &redaction).unwrap();
+        assert_eq!(values(&identity, "content-length"), ["120"]);
+        assert_eq!(values(&identity, "etag"), ["W/\"v1\""]);
+        let mut gzip = response(&[("content-encoding", "gzip"), ("content-length", "120")]);
+        redact_response_head(&mut gzip, &redaction).unwrap();
+        assert!(gzip.headers.get("content-length").is_none());
+        assert!(gzip.headers.get("content-encoding").is_none());
     }
 
     /// The prefilter (on lowered text) and the windows it gives the exact search must find
@@ -1138,11 +1332,11 @@ mod tests {
         let body = b"not-injected-but-longer-injected-value-x";
         assert_eq!(
             text(&redact_whole(&redaction, body)),
-            "not-injected-but-longer-[REDACTED]-x"
+            "not-injected-but-longer-[REDACTED****]-x"
         );
         assert_eq!(redact_whole(&redaction, b"nothing here"), b"nothing here");
         let both = RequestRedaction::new(vec![other, index("injected-value")]);
-        assert_eq!(text(&redact_whole(&both, body)), "[REDACTED]");
+        assert_eq!(text(&redact_whole(&both, body)), m(body.len()));
     }
 
     #[test]
@@ -1206,7 +1400,12 @@ mod tests {
             "a".repeat(5000),
             "b".repeat(5000)
         );
-        let expected = format!("{}\"[REDACTED]\"{}", "a".repeat(5000), "b".repeat(5000));
+        let expected = format!(
+            "{}\"{}\"{}",
+            "a".repeat(5000),
+            m("gzip-secret-value".len()),
+            "b".repeat(5000)
+        );
 
         let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
         zlib.write_all(body.as_bytes()).unwrap();
@@ -1324,8 +1523,9 @@ mod tests {
         assert_eq!(values(&head, "x-pinned"), ["spin"]);
         assert!(head.headers.get("x-hdr-secret-value").is_none());
         assert_eq!(head.get_reason_phrase(), Some("OK"));
-        // The body may change: no length, no ranges, a weak validator.
-        assert!(head.headers.get("content-length").is_none());
+        // The body's bytes may change but not its length: the length stays, no ranges, a weak
+        // validator.
+        assert_eq!(values(&head, "content-length"), ["42"]);
         assert!(head.headers.get("accept-ranges").is_none());
         assert_eq!(values(&head, "etag"), ["W/\"abc\""]);
         assert_eq!(values(&head, "x-plain"), ["untouched"]);
