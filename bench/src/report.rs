@@ -13,8 +13,9 @@ pub struct Measured {
     pub peak: Peak,
     /// CPU time of the process under test during the peak run, µs.
     pub peak_cpu: u64,
-    /// At 50 % and 80 % of B's peak: latency and the CPU time used meanwhile.
-    pub loads: [Option<(Latency, u64)>; 2],
+    /// At 50 % and 80 % of B's peak and at 50 % of D's: latency and the CPU time used
+    /// meanwhile.
+    pub loads: [Option<(Latency, u64)>; 3],
     /// RSS now and at its peak, bytes.
     pub rss: (u64, u64),
 }
@@ -26,7 +27,7 @@ impl Measured {
             what,
             peak,
             peak_cpu,
-            loads: [None, None],
+            loads: [None, None, None],
             rss: (0, 0),
         }
     }
@@ -302,6 +303,14 @@ pub fn print(report: &Report) {
             verdict(ok)
         };
         println!("| {target} | {value} | {verdict} |");
+    }
+    if let (Some((d, _)), Some((a, _))) = (&d.loads[2], &a.loads[2]) {
+        println!();
+        println!(
+            "Not a target: at 50 % of D's own peak ({:.0} req/s), D's p99 is {:.0} µs above A's.",
+            d.rate,
+            d.micros("p99") - a.micros("p99")
+        );
     }
     if report.smoke {
         println!();

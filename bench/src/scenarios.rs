@@ -305,9 +305,14 @@ async fn measure(
         &static_auth,
     )
     .await?;
-    let b_peak = measured[1].peak.rate();
-    for (load_index, fraction) in [0.5, 0.8].into_iter().enumerate() {
-        let rate = (b_peak * fraction).max(10.0);
+    // The loads (50 % and 80 % of B's peak), then 50 % of D's own peak: a rate
+    // Airlock can sustain, so its latency there is not queueing.
+    let (b_peak, d_peak) = (measured[1].peak.rate(), measured[3].peak.rate());
+    for (load_index, rate) in [b_peak * 0.5, b_peak * 0.8, d_peak * 0.5]
+        .into_iter()
+        .enumerate()
+    {
+        let rate = rate.max(10.0);
         for (i, entry) in measured.iter_mut().enumerate() {
             let cpu_before = procs::cpu_micros(system.pids[i])?;
             let latency = load::oha(
