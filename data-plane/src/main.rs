@@ -9,8 +9,8 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
 /// mimalloc instead of glibc's malloc: the request path allocates many small, short-lived
-/// buffers, and after a large snapshot has been parsed and freed glibc's heap is fragmented
-/// enough to slow every request down (docs/BENCHMARKS.md).
+/// buffers, and with glibc requests were measured slower once a large snapshot had been
+/// parsed and freed (docs/BENCHMARKS.md). Memory settings: docs/OPERATIONS.md.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
