@@ -11,7 +11,7 @@
 //! then measures peak throughput (wrk), latency at 50 % and 80 % of B's peak (oha, open loop,
 //! latency-corrected), CPU time per request and RSS of the process under test, how long a
 //! snapshot of that size takes to go live, and how long a change made through the control
-//! plane's GraphQL API takes to reach two data planes. It prints one table and the targets.
+//! plane's GraphQL API takes to reach two data planes. It prints its tables and the targets.
 //! `--smoke` runs everything briefly with a small environment, only to check that it works.
 
 mod fixture;
@@ -47,10 +47,6 @@ enum Cli {
         chunked: bool,
     },
 }
-
-/// The same allocator as Airlock's data plane, so that C and D differ only in what they do.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     match Cli::parse() {

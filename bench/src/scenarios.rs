@@ -65,7 +65,7 @@ pub async fn run(options: Options) -> Result<bool> {
     }
     let smoke = options.smoke;
     let seconds = Duration::from_secs(options.seconds.unwrap_or(if smoke { 1 } else { 10 }));
-    let size = if smoke {
+    let size = options.environment.unwrap_or(if smoke {
         Size {
             keys: 100,
             functions: 10,
@@ -77,7 +77,7 @@ pub async fn run(options: Options) -> Result<bool> {
             functions: 1_000,
             secrets: 10_000,
         }
-    };
+    });
     let work = tempfile::Builder::new()
         .prefix("airlock-bench-")
         .tempdir()?;
@@ -710,6 +710,8 @@ async fn propagation_times(
         times.push(slowest);
     }
     airlock.check_running()?;
+    drop(airlock);
+    airlock_e2e::take_redis_contents(&prefix).await?;
     Ok(times)
 }
 

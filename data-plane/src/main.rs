@@ -8,12 +8,6 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-/// mimalloc instead of glibc's malloc: the request path allocates many small, short-lived
-/// buffers, and with glibc requests were measured slower once a large snapshot had been
-/// parsed and freed (docs/BENCHMARKS.md). Memory settings: docs/OPERATIONS.md.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
