@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 
 use airlock_shared::api_key::ApiKeyHash;
 use airlock_shared::hosts::HostPattern;
-use airlock_shared::keys::RedisNames;
-use airlock_shared::seal::{OpeningKey, SecretIdentity};
+use airlock_shared::seal::{SealingKey, SecretIdentity};
 use airlock_shared::wire::{
     ApiKeyGrant, EnvironmentSnapshot, FunctionSpec, HeaderSpec, SecretEntry,
 };
@@ -65,7 +64,7 @@ pub fn build(
     run: &str,
     size: Size,
     upstream: &str,
-    opening: &OpeningKey,
+    sealing: &SealingKey,
     revision: i64,
 ) -> Result<Fixture> {
     let tenant_id = Uuid::new_v4();
@@ -110,9 +109,7 @@ pub fn build(
             name: &name,
             version: 1,
         };
-        let sealed = opening
-            .sealing_key()
-            .seal(identity, &secret_value(run, i))?;
+        let sealed = sealing.seal(identity, &secret_value(run, i))?;
         secrets.insert(
             name,
             SecretEntry {
@@ -141,40 +138,4 @@ pub fn build(
         },
         key: api_key(run, 0),
     })
-}
-
-/// Publish `snapshot` as the control plane does (one MULTI/EXEC: SET, HSET, PUBLISH).
-pub async fn publish(
-    redis: &mut redis::aio::MultiplexedConnection,
-    names: &RedisNames,
-    snapshot: &EnvironmentSnapshot,
-) -> Result<()> {
-    let json = serde_json::to_string(snapshot)?;
-    let id = snapshot.environment_id.to_string();
-    redis::pipe()
-        .atomic()
-        .set(names.environment_snapshot(&snapshot.environment_id), json)
-        .ignore()
-        .hset(names.snapshot_index(), &id, snapshot.revision)
-        .ignore()
-        .publish(names.config_channel(), &id)
-        .ignore()
-        .query_async::<()>(redis)
-        .await?;
-    Ok(())
-}
-
-/// Delete everything under `names`' prefix.
-pub async fn clean(
-    redis: &mut redis::aio::MultiplexedConnection,
-    names: &RedisNames,
-) -> Result<()> {
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{}:*", names.prefix()))
-        .query_async(redis)
-        .await?;
-    if !keys.is_empty() {
-        redis::cmd("DEL").arg(keys).query_async::<()>(redis).await?;
-    }
-    Ok(())
 }

@@ -3,9 +3,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use airlock_control_plane::publish::{RedisTransport, SnapshotTransport as _};
 use airlock_e2e::{binary, free_port, Airlock, PostgresDb, Process};
 use airlock_shared::keys::RedisNames;
-use airlock_shared::seal::OpeningKey;
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
@@ -89,8 +89,7 @@ pub async fn run(options: Options) -> Result<bool> {
 
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
     let names = RedisNames::new(format!("airlock-bench-{run}"));
-    let redis_client = redis::Client::open("redis://127.0.0.1:6379")?;
-    let mut redis = redis_client.get_multiplexed_async_connection().await?;
+    let publisher = RedisTransport::connect("redis://127.0.0.1:6379", names.clone()).await?;
 
     let (upstream_port, nginx_port, pingora_port, airlock_port) =
         (free_port(), free_port(), free_port(), free_port());
@@ -102,47 +101,32 @@ pub async fn run(options: Options) -> Result<bool> {
         upstream_port,
         &dir,
     )?);
-    processes.push(procs::spawn_pinned(
-        "pingora-proxy",
-        &plan.proxy,
-        &std::env::current_exe()?,
-        &[
-            "pingora-proxy".into(),
-            format!("--listen=127.0.0.1:{pingora_port}"),
-            format!("--upstream=127.0.0.1:{upstream_port}"),
-            "--threads=1".into(),
-        ],
-        &[("RUST_LOG", "warn".into())],
+    processes.push(pingora_proxy(
+        &plan,
+        pingora_port,
+        upstream_port,
+        false,
         &dir,
     )?);
-
     let chunked_port = free_port();
-    processes.push(procs::spawn_pinned(
-        "pingora-proxy-chunked",
-        &plan.proxy,
-        &std::env::current_exe()?,
-        &[
-            "pingora-proxy".into(),
-            format!("--listen=127.0.0.1:{chunked_port}"),
-            format!("--upstream=127.0.0.1:{upstream_port}"),
-            "--threads=1".into(),
-            "--chunked".into(),
-        ],
-        &[("RUST_LOG", "warn".into())],
+    processes.push(pingora_proxy(
+        &plan,
+        chunked_port,
+        upstream_port,
+        true,
         &dir,
     )?);
-    let opening = OpeningKey::generate();
     let key_file = dir.join("seal.key");
-    write_private(&key_file, opening.to_base64().as_bytes())?;
+    let sealing = airlock_control_plane::files::keygen(&key_file)?;
     let upstream_url = format!("http://127.0.0.1:{upstream_port}");
     let built = Instant::now();
-    let mut fixture = fixture::build(&run, size, &upstream_url, &opening, 1)?;
+    let mut fixture = fixture::build(&run, size, &upstream_url, &sealing, 1)?;
     println!(
         "built and sealed the environment in {} ms ({} MB of snapshot JSON)",
         built.elapsed().as_millis(),
         serde_json::to_vec(&fixture.snapshot)?.len() / 1_000_000
     );
-    fixture::publish(&mut redis, &names, &fixture.snapshot).await?;
+    publisher.send(&fixture.snapshot).await?;
     let started = Instant::now();
     processes.push(procs::spawn_pinned(
         "airlock-data-plane",
@@ -166,8 +150,7 @@ pub async fn run(options: Options) -> Result<bool> {
         size,
         &dir,
         &mut processes,
-        &mut redis,
-        &names,
+        &publisher,
         &mut fixture,
         [
             upstream_port,
@@ -181,7 +164,7 @@ pub async fn run(options: Options) -> Result<bool> {
         &run,
     )
     .await;
-    let _ = fixture::clean(&mut redis, &names).await;
+    let _ = airlock_e2e::take_redis_contents(names.prefix()).await;
     drop(processes);
     if options.keep || result.is_err() {
         let kept = work.keep();
@@ -198,8 +181,7 @@ async fn measure(
     size: Size,
     dir: &Path,
     processes: &mut [Process],
-    redis: &mut redis::aio::MultiplexedConnection,
-    names: &RedisNames,
+    publisher: &RedisTransport,
     fixture: &mut fixture::Fixture,
     ports: [u16; 5],
     started: Instant,
@@ -229,15 +211,7 @@ async fn measure(
             plain(ports[0]),
             plain(ports[1]),
             plain(ports[2]),
-            Target {
-                url: format!("{airlock_url}/v1/functions/{function}/invoke"),
-                method: "POST",
-                headers: vec![
-                    static_auth.clone(),
-                    ("Content-Type".into(), "application/json".into()),
-                ],
-                body: Some("{}".into()),
-            },
+            invoke_target(airlock_url, &function, &fixture.key),
         ],
     };
 
@@ -302,7 +276,7 @@ async fn measure(
         &processes[3],
         ports[4],
         airlock_url,
-        &static_auth,
+        &fixture.key,
     )
     .await?;
     // The loads (50 % and 80 % of B's peak), then 50 % of D's own peak: a rate
@@ -342,8 +316,7 @@ async fn measure(
 
     let cold = cold_secrets(
         &client,
-        redis,
-        names,
+        publisher,
         fixture,
         run,
         airlock_url,
@@ -352,16 +325,8 @@ async fn measure(
         options.smoke,
     )
     .await?;
-    let rebuild = rebuild_times(
-        &client,
-        redis,
-        names,
-        fixture,
-        run,
-        airlock_url,
-        options.smoke,
-    )
-    .await?;
+    let rebuild =
+        rebuild_times(&client, publisher, fixture, run, airlock_url, options.smoke).await?;
     let propagation = propagation_times(
         &client,
         &format!("http://127.0.0.1:{}", ports[0]),
@@ -384,6 +349,52 @@ async fn measure(
     Ok(report.all_requests_succeeded())
 }
 
+/// Scenario C (or, `chunked`, its variant of the C-to-D steps): this binary's
+/// `pingora-proxy` on the proxy's CPUs.
+fn pingora_proxy(
+    plan: &CpuPlan,
+    port: u16,
+    upstream_port: u16,
+    chunked: bool,
+    dir: &Path,
+) -> Result<Process> {
+    let mut args = vec![
+        "pingora-proxy".to_string(),
+        format!("--listen=127.0.0.1:{port}"),
+        format!("--upstream=127.0.0.1:{upstream_port}"),
+        "--threads=1".into(),
+    ];
+    if chunked {
+        args.push("--chunked".into());
+    }
+    let name = if chunked {
+        "pingora-proxy-chunked"
+    } else {
+        "pingora-proxy"
+    };
+    procs::spawn_pinned(
+        name,
+        &plan.proxy,
+        &std::env::current_exe()?,
+        &args,
+        &[("RUST_LOG", "warn".into())],
+        dir,
+    )
+}
+
+/// `POST {airlock_url}/v1/functions/{function}/invoke` with `{}` and API key `key`.
+fn invoke_target(airlock_url: &str, function: &str, key: &str) -> Target {
+    Target {
+        url: format!("{airlock_url}/v1/functions/{function}/invoke"),
+        method: "POST",
+        headers: vec![
+            ("Authorization".into(), format!("Bearer {key}")),
+            ("Content-Type".into(), "application/json".into()),
+        ],
+        body: Some("{}".into()),
+    }
+}
+
 /// Peak throughput of the steps between C and D: Pingora sending responses chunked (as
 /// Airlock does for the compressed responses it decodes to redact; identity ones keep their
 /// `content-length`), and Airlock invoking a function that injects
@@ -398,7 +409,7 @@ async fn decompose(
     chunked: &Process,
     chunked_port: u16,
     airlock_url: &str,
-    auth: &(String, String),
+    key: &str,
 ) -> Result<Vec<report::Step>> {
     let chunked_target = Target {
         url: format!(
@@ -407,18 +418,7 @@ async fn decompose(
         ),
         ..system.targets[2].clone()
     };
-    let plain_target = Target {
-        url: format!(
-            "{airlock_url}/v1/functions/{}/invoke",
-            fixture::PLAIN_FUNCTION
-        ),
-        method: "POST",
-        headers: vec![
-            auth.clone(),
-            ("Content-Type".into(), "application/json".into()),
-        ],
-        body: Some("{}".into()),
-    };
+    let plain_target = invoke_target(airlock_url, fixture::PLAIN_FUNCTION, key);
     let client = reqwest::Client::new();
     wait_for_200(&client, &chunked_target, Duration::from_secs(10)).await?;
     wait_for_200(&client, &plain_target, Duration::from_secs(10)).await?;
@@ -513,8 +513,7 @@ async fn open_loop(client: &reqwest::Client, targets: Vec<Target>, rate: f64) ->
 #[allow(clippy::too_many_arguments)]
 async fn cold_secrets(
     client: &reqwest::Client,
-    redis: &mut redis::aio::MultiplexedConnection,
-    names: &RedisNames,
+    publisher: &RedisTransport,
     fixture: &mut fixture::Fixture,
     run: &str,
     airlock_url: &str,
@@ -526,18 +525,7 @@ async fn cold_secrets(
     let rate = 500.0;
     let functions: Vec<usize> = (1..size.functions).collect();
     let key = fixture.key.clone();
-    let invoke = |i: usize| Target {
-        url: format!(
-            "{airlock_url}/v1/functions/{}/invoke",
-            fixture::function_name(i)
-        ),
-        method: "POST",
-        headers: vec![
-            ("Authorization".into(), format!("Bearer {key}")),
-            ("Content-Type".into(), "application/json".into()),
-        ],
-        body: Some("{}".into()),
-    };
+    let invoke = |i: usize| invoke_target(airlock_url, &fixture::function_name(i), &key);
     let direct_base = direct_url
         .rsplit_once('/')
         .map_or(direct_url, |(base, _)| base);
@@ -549,7 +537,7 @@ async fn cold_secrets(
     };
     let (mut cold, mut warm, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..rounds {
-        republish(client, redis, names, fixture, run, airlock_url).await?;
+        republish(client, publisher, fixture, run, airlock_url).await?;
         cold.extend(open_loop(client, functions.iter().map(|&i| invoke(i)).collect(), rate).await?);
         warm.extend(open_loop(client, functions.iter().map(|&i| invoke(i)).collect(), rate).await?);
         baseline
@@ -567,8 +555,7 @@ async fn cold_secrets(
 /// key, and how long that took after the publish.
 async fn republish(
     client: &reqwest::Client,
-    redis: &mut redis::aio::MultiplexedConnection,
-    names: &RedisNames,
+    publisher: &RedisTransport,
     fixture: &mut fixture::Fixture,
     run: &str,
     airlock_url: &str,
@@ -583,20 +570,9 @@ async fn republish(
         functions: vec!["*".into()],
         expires_at: None,
     });
-    let probe = Target {
-        url: format!(
-            "{airlock_url}/v1/functions/{}/invoke",
-            fixture::function_name(0)
-        ),
-        method: "POST",
-        headers: vec![
-            ("Authorization".into(), format!("Bearer {marker}")),
-            ("Content-Type".into(), "application/json".into()),
-        ],
-        body: Some("{}".into()),
-    };
+    let probe = invoke_target(airlock_url, &fixture::function_name(0), &marker);
     let published = Instant::now();
-    fixture::publish(redis, names, snapshot).await?;
+    publisher.send(snapshot).await?;
     let deadline = published + Duration::from_secs(30);
     loop {
         if send(client, &probe).await?.status() == 200 {
@@ -616,8 +592,7 @@ async fn republish(
 /// parse, compile, swap), several times.
 async fn rebuild_times(
     client: &reqwest::Client,
-    redis: &mut redis::aio::MultiplexedConnection,
-    names: &RedisNames,
+    publisher: &RedisTransport,
     fixture: &mut fixture::Fixture,
     run: &str,
     airlock_url: &str,
@@ -625,7 +600,7 @@ async fn rebuild_times(
 ) -> Result<Vec<Duration>> {
     let mut times = Vec::new();
     for _ in 0..if smoke { 2 } else { 10 } {
-        times.push(republish(client, redis, names, fixture, run, airlock_url).await?);
+        times.push(republish(client, publisher, fixture, run, airlock_url).await?);
     }
     Ok(times)
 }
@@ -735,16 +710,4 @@ fn which(tool: &str) -> Option<PathBuf> {
             .map(|dir| dir.join(tool))
             .find(|path| path.exists())
     })
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(contents)?;
-    Ok(())
 }

@@ -547,6 +547,16 @@ mod tests {
     const ENV_A: Uuid = Uuid::from_u128(10);
     const ENV_B: Uuid = Uuid::from_u128(11);
 
+    /// Version 1 of secret `name` in environment A.
+    fn identity(name: &str) -> SecretIdentity<'_> {
+        SecretIdentity {
+            tenant_id: TENANT,
+            environment_id: ENV_A,
+            name,
+            version: 1,
+        }
+    }
+
     fn function(name: &str, url: &str) -> FunctionSpec {
         FunctionSpec {
             id: Uuid::new_v4(),
@@ -606,12 +616,6 @@ mod tests {
     fn a_secret_that_does_not_open_is_left_out_alone() {
         let key = OpeningKey::generate();
         let sealing = key.sealing_key();
-        let identity = |name| SecretIdentity {
-            tenant_id: TENANT,
-            environment_id: ENV_A,
-            name,
-            version: 1,
-        };
         let mut s = snapshot(ENV_A, 1);
         s.secrets.insert(
             "GOOD".into(),
@@ -644,12 +648,6 @@ mod tests {
     #[test]
     fn secrets_sealed_to_any_key_of_the_ring_open_and_keep_their_binding() {
         let (old, new) = (OpeningKey::generate(), OpeningKey::generate());
-        let identity = |name| SecretIdentity {
-            tenant_id: TENANT,
-            environment_id: ENV_A,
-            name,
-            version: 1,
-        };
         let mut s = snapshot(ENV_A, 1);
         s.secrets.insert(
             "OLD".into(),
@@ -693,12 +691,6 @@ mod tests {
     #[test]
     fn secrets_stay_sealed_until_first_used_and_open_once() {
         let key = OpeningKey::generate();
-        let identity = |name| SecretIdentity {
-            tenant_id: TENANT,
-            environment_id: ENV_A,
-            name,
-            version: 1,
-        };
         let mut s = snapshot(ENV_A, 1);
         for (name, value) in [("A", "value-of-a"), ("B", "value-of-b")] {
             let sealed = key.sealing_key().seal(identity(name), value).unwrap();
