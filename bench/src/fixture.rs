@@ -135,6 +135,9 @@ pub fn build(
             functions,
             secrets,
             api_keys,
+            oauth_clients: Default::default(),
+            oauth_connections: Default::default(),
+            oauth_authorizations: Default::default(),
         },
         key: api_key(run, 0),
     })

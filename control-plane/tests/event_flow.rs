@@ -218,6 +218,7 @@ async fn serve_stores_events_from_the_redis_stream() {
         upstream_host: Some("reports.example.com".into()),
         status: 504,
         message: "the upstream did not answer within 30000 ms".into(),
+        oauth_connection: None,
     };
     let mut redis = redis::Client::open(REDIS_URL)
         .unwrap()

@@ -46,6 +46,7 @@ fn event(kind: EventKind, tenant: Option<Uuid>, environment: Option<Uuid>) -> Ga
         upstream_host: Some("api.example.com".into()),
         status: 200,
         message: "ok".into(),
+        oauth_connection: None,
     }
 }
 

@@ -56,6 +56,9 @@ fn sample_snapshot(revision: i64) -> EnvironmentSnapshot {
         functions: Default::default(),
         secrets: Default::default(),
         api_keys: Vec::new(),
+        oauth_clients: Default::default(),
+        oauth_connections: Default::default(),
+        oauth_authorizations: Default::default(),
     }
 }
 

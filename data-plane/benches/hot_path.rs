@@ -84,6 +84,9 @@ fn empty_snapshot() -> EnvironmentSnapshot {
         functions: BTreeMap::new(),
         secrets: BTreeMap::new(),
         api_keys: vec![],
+        oauth_clients: Default::default(),
+        oauth_connections: Default::default(),
+        oauth_authorizations: Default::default(),
     }
 }
 

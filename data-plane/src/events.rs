@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_shared::events::{
-    DataPlaneMessage, GatewayEvent, KeyUsageReport, EVENT_FIELD, KEY_USAGE_FIELD,
+    DataPlaneMessage, GatewayEvent, KeyUsageReport, EVENT_FIELD, KEY_USAGE_FIELD, OAUTH_FIELD,
 };
 use airlock_shared::keys::RedisNames;
 use async_trait::async_trait;
@@ -393,6 +393,7 @@ impl RedisWriter {
                 DataPlaneMessage::KeyUsage(report) => {
                     (KEY_USAGE_FIELD, serde_json::to_string(report))
                 }
+                DataPlaneMessage::OAuth(report) => (OAUTH_FIELD, serde_json::to_string(report)),
             };
             let Ok(json) = json else {
                 tracing::error!(field, "cannot serialize a message for the event stream");
@@ -497,6 +498,7 @@ mod tests {
             upstream_host: None,
             status: 401,
             message: "missing or invalid API key".into(),
+            oauth_connection: None,
         }
     }
 

@@ -129,6 +129,10 @@ impl CompiledEnvironment {
             functions: function_specs,
             secrets: sealed_secrets,
             api_keys,
+            // Not compiled yet: OAuth is served by the data plane's oauth module (issue 6).
+            oauth_clients: _,
+            oauth_connections: _,
+            oauth_authorizations: _,
         } = snapshot;
 
         let mut functions = HashMap::with_capacity(function_specs.len());
@@ -595,6 +599,9 @@ mod tests {
             functions: BTreeMap::new(),
             secrets: BTreeMap::new(),
             api_keys: vec![],
+            oauth_clients: Default::default(),
+            oauth_connections: Default::default(),
+            oauth_authorizations: Default::default(),
         }
     }
 

@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::oauth::OAuthConnectionReport;
+
 /// What happened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -35,6 +37,15 @@ pub enum EventKind {
     RequestInvalid,
     /// A known API key, granted the name by a pattern, named a function that does not exist.
     FunctionNotFound,
+    /// A data plane could not obtain or refresh a connection's token (the provider refused,
+    /// or could not be reached). `oauth_connection` names it; on `invalid_grant` the
+    /// connection is now broken.
+    OAuthRefreshFailed,
+    /// An authorization callback was refused: unknown (forged) state, replayed, expired, or
+    /// the provider returned an error.
+    OAuthCallbackRefused,
+    /// An authorization-code flow completed: the connection holds tokens.
+    OAuthConnected,
 }
 
 impl EventKind {
@@ -51,6 +62,9 @@ impl EventKind {
             Self::UpstreamError => "upstream.error",
             Self::RequestInvalid => "request.invalid",
             Self::FunctionNotFound => "function.not_found",
+            Self::OAuthRefreshFailed => "oauth.refresh_failed",
+            Self::OAuthCallbackRefused => "oauth.callback_refused",
+            Self::OAuthConnected => "oauth.connected",
         }
     }
 }
@@ -78,12 +92,17 @@ pub struct GatewayEvent {
     pub status: u16,
     /// Human-readable detail. Never contains a secret value or an API key.
     pub message: String,
+    /// The OAuth connection involved, by name (OAuth events, and requests that used one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth_connection: Option<String>,
 }
 
 /// Field of a Redis stream entry that holds a [`GatewayEvent`]'s JSON.
 pub const EVENT_FIELD: &str = "event";
 /// Field of a Redis stream entry that holds a [`KeyUsageReport`]'s JSON.
 pub const KEY_USAGE_FIELD: &str = "key_usage";
+/// Field of a Redis stream entry that holds an [`OAuthConnectionReport`]'s JSON.
+pub const OAUTH_FIELD: &str = "oauth";
 
 /// When API keys were last used, reported by a data plane about once a second (one report
 /// for every key used since the previous one). Not an event: the control plane only moves
@@ -108,6 +127,14 @@ pub struct KeyUse {
 pub enum DataPlaneMessage {
     Event(GatewayEvent),
     KeyUsage(KeyUsageReport),
+    /// New sealed tokens, a completed authorization or a failure of an OAuth connection.
+    OAuth(OAuthConnectionReport),
+}
+
+impl From<OAuthConnectionReport> for DataPlaneMessage {
+    fn from(report: OAuthConnectionReport) -> Self {
+        Self::OAuth(report)
+    }
 }
 
 impl From<GatewayEvent> for DataPlaneMessage {
@@ -158,6 +185,7 @@ mod tests {
             upstream_host: Some("evil.example".into()),
             status: 403,
             message: "m".into(),
+            oauth_connection: None,
         };
         let json = serde_json::to_value(&event).unwrap();
         assert_eq!(json["kind"], "secret_host_denied");

@@ -45,6 +45,26 @@ impl RedisNames {
     pub fn config_channel(&self) -> String {
         format!("{}:config:changed", self.prefix)
     }
+
+    /// Hash holding an OAuth connection's current tokens as the data planes share them:
+    /// fields `generation` (the fencing number) and `record` (JSON, tokens sealed). Keyed by
+    /// connection id, so a connection deleted and created again under the same name never
+    /// inherits the old tokens.
+    pub fn oauth_tokens(&self, connection_id: &uuid::Uuid) -> String {
+        format!("{}:oauth:{}:tokens", self.prefix, connection_id)
+    }
+
+    /// Lock taken (`SET NX PX`) by the one data plane that talks to the token endpoint for a
+    /// connection; its value is the holder's random token, checked before the holder writes.
+    pub fn oauth_refresh_lock(&self, connection_id: &uuid::Uuid) -> String {
+        format!("{}:oauth:{}:lock", self.prefix, connection_id)
+    }
+
+    /// Marker set (`SET NX`, expiring with the authorization) by the data plane that claims
+    /// an authorization callback, so a replayed callback is refused by every data plane.
+    pub fn oauth_state_claim(&self, state_hash: &str) -> String {
+        format!("{}:oauth:state:{}", self.prefix, state_hash)
+    }
 }
 
 impl Default for RedisNames {
@@ -68,5 +88,11 @@ mod tests {
         assert_eq!(names.snapshot_index(), "t1:snapshot:index");
         assert_eq!(names.config_channel(), "t1:config:changed");
         assert_eq!(names.events_stream(), "t1:events");
+        assert_eq!(
+            names.oauth_tokens(&id),
+            "t1:oauth:00000000-0000-0000-0000-000000000000:tokens"
+        );
+        assert!(names.oauth_refresh_lock(&id).starts_with("t1:oauth:"));
+        assert_eq!(names.oauth_state_claim("ab"), "t1:oauth:state:ab");
     }
 }

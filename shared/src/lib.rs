@@ -8,6 +8,7 @@
 //! - [`grants`]: the function patterns of an API key's policy and how they match.
 //! - [`api_key`]: generating API keys and the hash that is stored instead of the key.
 //! - [`keys`]: Redis key and channel names.
+//! - [`oauth`]: OAuth clients, connections and sealed tokens as the planes exchange them.
 //!
 //! No axum, pingora or sea-orm here.
 
@@ -16,6 +17,7 @@ pub mod events;
 pub mod grants;
 pub mod hosts;
 pub mod keys;
+pub mod oauth;
 pub mod seal;
 pub mod template;
 pub mod wire;

@@ -293,6 +293,12 @@ impl OpeningKeyring {
         Self::new(keys)
     }
 
+    /// The key that values sealed by a data plane (OAuth tokens it obtains) are sealed to:
+    /// the first of the ring. During a sealing-key rotation, list the new key first.
+    pub fn sealing_key(&self) -> &SealingKey {
+        &self.keys[0].sealing
+    }
+
     /// Ids of the keys held, in order.
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|k| k.sealing.key_id())

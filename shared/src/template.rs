@@ -1,8 +1,10 @@
 //! The function template language.
 //!
 //! A function's URL, header values and body are templates: literal text with placeholders
-//! `{{args.NAME}}` (an invoke argument) and `{{secrets.NAME}}` (a vault secret of the
-//! environment the function runs in). Templates are parsed and checked when a function is
+//! `{{args.NAME}}` (an invoke argument), `{{secrets.NAME}}` (a vault secret of the
+//! environment the function runs in) and `{{oauth.NAME}}` (the current access token of an
+//! OAuth connection of that environment, see [`crate::oauth`]). An argument may itself be a
+//! reference: `{"$secret": "NAME"}` or `{"$oauth": "HANDLE"}`. Templates are parsed and checked when a function is
 //! created (control plane) and compiled once per snapshot (data plane); rendering a compiled
 //! template does no parsing.
 //!
@@ -55,9 +57,9 @@ const RESERVED_HEADERS: &[&str] = &[
 pub enum TemplateError {
     #[error("{field}: unclosed placeholder starting at byte {at} (missing `}}}}`)")]
     Unclosed { field: String, at: usize },
-    #[error("{field}: placeholder `{{{{{text}}}}}` must look like `{{{{args.NAME}}}}` or `{{{{secrets.NAME}}}}`")]
+    #[error("{field}: placeholder `{{{{{text}}}}}` must look like `{{{{args.NAME}}}}`, `{{{{secrets.NAME}}}}` or `{{{{oauth.NAME}}}}`")]
     BadPlaceholder { field: String, text: String },
-    #[error("{field}: unknown namespace `{namespace}` (allowed: args, secrets)")]
+    #[error("{field}: unknown namespace `{namespace}` (allowed: args, secrets, oauth)")]
     UnknownNamespace { field: String, namespace: String },
     #[error("url: {0}")]
     BadUrl(String),
@@ -102,6 +104,10 @@ pub enum RenderError {
     MissingSecret(String),
     #[error("secret `{0}` cannot be used in a header (it contains a control character)")]
     UnusableSecret(String),
+    #[error("OAuth connection `{0}` has no usable access token")]
+    MissingOAuthToken(String),
+    #[error("argument `{0}`: the OAuth handle is invalid or has expired")]
+    InvalidOAuthHandle(String),
 }
 
 /// What a placeholder refers to.
@@ -109,6 +115,7 @@ pub enum RenderError {
 pub enum Namespace {
     Args,
     Secrets,
+    OAuth,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -187,6 +194,7 @@ fn parse_placeholder(field: &str, inner: &str) -> Result<Placeholder, TemplateEr
     let namespace = match namespace {
         "args" => Namespace::Args,
         "secrets" => Namespace::Secrets,
+        "oauth" => Namespace::OAuth,
         other if is_name(other) => {
             return Err(TemplateError::UnknownNamespace {
                 field: field.to_string(),
@@ -259,6 +267,36 @@ pub struct RenderedRequest {
     /// Names of the secrets injected (from templates and `{"$secret": ...}` arguments), once
     /// each: for host binding checks, redaction and the audit log.
     pub secrets_used: Vec<String>,
+    /// Names of the OAuth connections whose access tokens were injected (from templates and
+    /// `{"$oauth": ...}` handles), once each: for host binding checks and redaction.
+    pub oauth_used: Vec<String>,
+}
+
+/// Where rendering takes the values that are not arguments from. Implemented by the data
+/// plane over its compiled environment and the tokens it fetched for this request.
+pub trait RenderValues<'s> {
+    /// The plaintext of secret `name`, if the environment has it.
+    fn secret(&self, name: &str) -> Option<&'s str>;
+    /// The current access token of connection `name`, if one was obtained for this request.
+    fn oauth_token(&self, connection: &str) -> Option<&'s str> {
+        let _ = connection;
+        None
+    }
+    /// The connection an OAuth handle refers to and its access token, if the handle is
+    /// valid for this request.
+    fn oauth_handle(&self, handle: &str) -> Option<(&'s str, &'s str)> {
+        let _ = handle;
+        None
+    }
+}
+
+/// Secrets only, from a lookup function.
+struct SecretsOnly<F>(F);
+
+impl<'s, F: Fn(&str) -> Option<&'s str>> RenderValues<'s> for SecretsOnly<F> {
+    fn secret(&self, name: &str) -> Option<&'s str> {
+        (self.0)(name)
+    }
 }
 
 impl FunctionTemplate {
@@ -319,11 +357,48 @@ impl FunctionTemplate {
             .chain(self.body.iter().flat_map(|(b, _)| b.placeholders()))
     }
 
-    /// Render the request for `args`, taking secret values from `secret`.
+    /// Names of the OAuth connections the templates inject (`{{oauth.NAME}}`), once each.
+    pub fn oauth_connections(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for ph in self.placeholders() {
+            if ph.namespace == Namespace::OAuth && !names.contains(&ph.name.as_str()) {
+                names.push(&ph.name);
+            }
+        }
+        names
+    }
+
+    /// The OAuth handles among `args` that a placeholder of this function uses, once each
+    /// (the data plane resolves them before rendering).
+    pub fn oauth_handles<'a>(&self, args: &'a Map<String, Value>) -> Vec<&'a str> {
+        let mut handles: Vec<&str> = Vec::new();
+        for ph in self.placeholders() {
+            if ph.namespace != Namespace::Args {
+                continue;
+            }
+            if let Some(handle) = args.get(&ph.name).and_then(oauth_reference) {
+                if !handles.contains(&handle) {
+                    handles.push(handle);
+                }
+            }
+        }
+        handles
+    }
+
+    /// Render the request for `args`, taking secret values from `secret` (no OAuth).
     pub fn render<'s>(
         &self,
         args: &Map<String, Value>,
         secret: impl Fn(&str) -> Option<&'s str>,
+    ) -> Result<RenderedRequest, RenderError> {
+        self.render_with(args, &SecretsOnly(secret))
+    }
+
+    /// Render the request for `args`, taking secrets and OAuth tokens from `values`.
+    pub fn render_with<'s>(
+        &self,
+        args: &Map<String, Value>,
+        values: &impl RenderValues<'s>,
     ) -> Result<RenderedRequest, RenderError> {
         let lookup = |ph: &Placeholder| -> Result<Resolved<'_, 's>, RenderError> {
             match ph.namespace {
@@ -331,18 +406,30 @@ impl FunctionTemplate {
                     let value = args
                         .get(&ph.name)
                         .ok_or_else(|| RenderError::MissingArgument(ph.name.clone()))?;
-                    match secret_reference(value) {
+                    if let Some(name) = secret_reference(value) {
                         // The client names a secret; its value is looked up here and never
                         // passes through the client.
-                        Some(name) => secret(name)
+                        return values
+                            .secret(name)
                             .map(Resolved::Secret)
-                            .ok_or_else(|| RenderError::MissingSecret(name.to_string())),
-                        None => Ok(Resolved::Arg(value)),
+                            .ok_or_else(|| RenderError::MissingSecret(name.to_string()));
                     }
+                    if let Some(handle) = oauth_reference(value) {
+                        return values
+                            .oauth_handle(handle)
+                            .map(|(_, token)| Resolved::Secret(token))
+                            .ok_or_else(|| RenderError::InvalidOAuthHandle(ph.name.clone()));
+                    }
+                    Ok(Resolved::Arg(value))
                 }
-                Namespace::Secrets => secret(&ph.name)
+                Namespace::Secrets => values
+                    .secret(&ph.name)
                     .map(Resolved::Secret)
                     .ok_or_else(|| RenderError::MissingSecret(ph.name.clone())),
+                Namespace::OAuth => values
+                    .oauth_token(&ph.name)
+                    .map(Resolved::Secret)
+                    .ok_or_else(|| RenderError::MissingOAuthToken(ph.name.clone())),
             }
         };
 
@@ -367,6 +454,9 @@ impl FunctionTemplate {
                 let text = resolved.as_text(&ph.name)?;
                 if text.bytes().any(is_forbidden_header_byte) {
                     return Err(match resolved {
+                        Resolved::Secret(_) if ph.namespace == Namespace::OAuth => {
+                            RenderError::MissingOAuthToken(ph.name.clone())
+                        }
                         Resolved::Secret(_) => RenderError::UnusableSecret(ph.name.clone()),
                         Resolved::Arg(_) => RenderError::InvalidArgument {
                             name: ph.name.clone(),
@@ -426,14 +516,27 @@ impl FunctionTemplate {
         };
 
         let mut secrets_used: Vec<String> = Vec::new();
+        let mut oauth_used: Vec<String> = Vec::new();
+        let push = |list: &mut Vec<String>, name: &str| {
+            if !list.iter().any(|used| used == name) {
+                list.push(name.to_string());
+            }
+        };
         for ph in self.placeholders() {
-            let name = match ph.namespace {
-                Namespace::Secrets => Some(ph.name.as_str()),
-                Namespace::Args => args.get(&ph.name).and_then(secret_reference),
-            };
-            if let Some(name) = name {
-                if !secrets_used.iter().any(|used| used == name) {
-                    secrets_used.push(name.to_string());
+            match ph.namespace {
+                Namespace::Secrets => push(&mut secrets_used, &ph.name),
+                Namespace::OAuth => push(&mut oauth_used, &ph.name),
+                Namespace::Args => {
+                    let Some(value) = args.get(&ph.name) else {
+                        continue;
+                    };
+                    if let Some(name) = secret_reference(value) {
+                        push(&mut secrets_used, name);
+                    } else if let Some((connection, _)) =
+                        oauth_reference(value).and_then(|h| values.oauth_handle(h))
+                    {
+                        push(&mut oauth_used, connection);
+                    }
                 }
             }
         }
@@ -448,6 +551,7 @@ impl FunctionTemplate {
             headers,
             body,
             secrets_used,
+            oauth_used,
         })
     }
 }
@@ -462,6 +566,16 @@ pub fn secret_reference(value: &Value) -> Option<&str> {
 
 /// Key of a secret reference argument, `{"$secret": "NAME"}`.
 pub const SECRET_REFERENCE_KEY: &str = "$secret";
+
+/// The OAuth handle an argument refers to, when it is one: `{"$oauth": "HANDLE"}`.
+pub fn oauth_reference(value: &Value) -> Option<&str> {
+    match value {
+        Value::Object(map) if map.len() == 1 => {
+            map.get(crate::oauth::OAUTH_REFERENCE_KEY)?.as_str()
+        }
+        _ => None,
+    }
+}
 
 enum Resolved<'a, 's> {
     Arg(&'a Value),
@@ -835,6 +949,74 @@ mod tests {
             f.render(&args(json!({"tag": "a"})), |_| Some("s\n")),
             Err(RenderError::UnusableSecret("TOKEN".into()))
         );
+    }
+
+    /// Secrets `S`, connection `crm` with token `crm-token`, handle `h1` for connection
+    /// `crm`; nothing else.
+    struct Values;
+
+    impl<'s> RenderValues<'s> for Values {
+        fn secret(&self, name: &str) -> Option<&'s str> {
+            (name == "S").then_some("secret-value")
+        }
+        fn oauth_token(&self, connection: &str) -> Option<&'s str> {
+            (connection == "crm").then_some("crm-token")
+        }
+        fn oauth_handle(&self, handle: &str) -> Option<(&'s str, &'s str)> {
+            (handle == "h1").then_some(("crm", "crm-token"))
+        }
+    }
+
+    #[test]
+    fn oauth_tokens_and_handles_are_injected_and_reported() {
+        let f = FunctionTemplate::compile(&spec(
+            "POST",
+            "https://api.example.com/{{args.id}}",
+            &[
+                ("authorization", "Bearer {{oauth.crm}}"),
+                ("x-secret", "{{secrets.S}}"),
+            ],
+            Some(r#"{"other": "{{args.other}}", "again": "{{oauth.crm}}"}"#),
+        ))
+        .unwrap();
+        assert_eq!(f.oauth_connections(), vec!["crm"]);
+        let a = args(json!({"id": "7", "other": {"$oauth": "h1"}}));
+        assert_eq!(f.oauth_handles(&a), vec!["h1"]);
+        let r = f.render_with(&a, &Values).unwrap();
+        assert_eq!(r.headers[0].1, "Bearer crm-token");
+        assert_eq!(
+            String::from_utf8(r.body.unwrap()).unwrap(),
+            r#"{"other": "crm-token", "again": "crm-token"}"#
+        );
+        assert_eq!(r.oauth_used, vec!["crm".to_string()]);
+        assert_eq!(r.secrets_used, vec!["S".to_string()]);
+
+        // A forged or expired handle, or a connection without a token, fails closed.
+        let forged = args(json!({"id": "7", "other": {"$oauth": "forged"}}));
+        assert_eq!(
+            f.render_with(&forged, &Values),
+            Err(RenderError::InvalidOAuthHandle("other".into()))
+        );
+        let g = FunctionTemplate::compile(&spec(
+            "GET",
+            "https://api.example.com/",
+            &[("authorization", "Bearer {{oauth.nope}}")],
+            None,
+        ))
+        .unwrap();
+        assert_eq!(
+            g.render_with(&args(json!({})), &Values),
+            Err(RenderError::MissingOAuthToken("nope".into()))
+        );
+        // Secrets-only rendering has no tokens at all.
+        assert_eq!(
+            f.render(&a, |_| Some("s")),
+            Err(RenderError::MissingOAuthToken("crm".into()))
+        );
+        // Handles are only `{"$oauth": "..."}` objects with nothing else.
+        assert!(oauth_reference(&json!({"$oauth": "h", "x": 1})).is_none());
+        assert!(oauth_reference(&json!({"$oauth": 1})).is_none());
+        assert!(f.oauth_handles(&args(json!({"other": "h1"}))).is_empty());
     }
 
     #[test]

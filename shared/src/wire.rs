@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::api_key::ApiKeyHash;
 use crate::hosts::HostPattern;
+use crate::oauth::{OAuthClientSpec, OAuthConnectionSpec, PendingAuthorization};
 use crate::seal::SealedSecret;
 
 /// Everything a data plane needs to serve one environment.
@@ -28,6 +29,15 @@ pub struct EnvironmentSnapshot {
     pub secrets: BTreeMap<String, SecretEntry>,
     /// API keys of this environment.
     pub api_keys: Vec<ApiKeyGrant>,
+    /// OAuth clients of this environment, by name ([`crate::oauth`]).
+    #[serde(default)]
+    pub oauth_clients: BTreeMap<String, OAuthClientSpec>,
+    /// OAuth connections of this environment, by name.
+    #[serde(default)]
+    pub oauth_connections: BTreeMap<String, OAuthConnectionSpec>,
+    /// Authorization-code flows waiting for their callback (unexpired, unused).
+    #[serde(default)]
+    pub oauth_authorizations: Vec<PendingAuthorization>,
 }
 
 /// One secret as a data plane receives it: the sealed current version and the hosts it may

@@ -37,7 +37,7 @@ const MAX_SECRET_NAMES: usize = 64;
 
 /// Every kind, for parsing dotted names back. [`kind_index`] fails to compile when a kind is
 /// added to `EventKind` without being added here.
-const ALL_KINDS: [EventKind; 10] = [
+const ALL_KINDS: [EventKind; 13] = [
     EventKind::SecretUsed,
     EventKind::AuthDenied,
     EventKind::ScopeDenied,
@@ -48,6 +48,9 @@ const ALL_KINDS: [EventKind; 10] = [
     EventKind::UpstreamError,
     EventKind::RequestInvalid,
     EventKind::FunctionNotFound,
+    EventKind::OAuthRefreshFailed,
+    EventKind::OAuthCallbackRefused,
+    EventKind::OAuthConnected,
 ];
 
 /// Position of `kind` in [`ALL_KINDS`]; an exhaustive match, so a new kind is a compile error.
@@ -63,6 +66,9 @@ const fn kind_index(kind: EventKind) -> usize {
         EventKind::UpstreamError => 7,
         EventKind::RequestInvalid => 8,
         EventKind::FunctionNotFound => 9,
+        EventKind::OAuthRefreshFailed => 10,
+        EventKind::OAuthCallbackRefused => 11,
+        EventKind::OAuthConnected => 12,
     }
 }
 
@@ -349,6 +355,7 @@ fn from_row(row: event::Model) -> Result<GatewayEvent, AppError> {
         upstream_host: row.upstream_host,
         status,
         message: row.message,
+        oauth_connection: None,
     })
 }
 

@@ -67,6 +67,9 @@ pub async fn build(
         functions,
         secrets,
         api_keys,
+        oauth_clients: Default::default(),
+        oauth_connections: Default::default(),
+        oauth_authorizations: Default::default(),
     }))
 }
 

@@ -83,5 +83,6 @@ fn sort(message: DataPlaneMessage, events: &mut Vec<GatewayEvent>, key_usage: &m
     match message {
         DataPlaneMessage::Event(event) => events.push(event),
         DataPlaneMessage::KeyUsage(report) => key_usage.extend(report.uses),
+        DataPlaneMessage::OAuth(_) => {}
     }
 }

@@ -448,6 +448,7 @@ mod tests {
             upstream_host: None,
             status: 401,
             message: "missing or unknown API key".into(),
+            oauth_connection: None,
         };
         let json = serde_json::to_vec(&event).unwrap();
         assert_eq!(

@@ -95,5 +95,8 @@ pub fn large_environment(key: &OpeningKey) -> EnvironmentSnapshot {
         functions,
         secrets,
         api_keys,
+        oauth_clients: Default::default(),
+        oauth_connections: Default::default(),
+        oauth_authorizations: Default::default(),
     }
 }

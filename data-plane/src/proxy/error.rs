@@ -64,6 +64,8 @@ impl GatewayError {
             }
             Self::Render(RenderError::MissingSecret(_) | RenderError::UnusableSecret(_))
             | Self::SecretNotOpened(_) => 500,
+            Self::Render(RenderError::InvalidOAuthHandle(_)) => 400,
+            Self::Render(RenderError::MissingOAuthToken(_)) => 502,
             Self::UpstreamUnreachable(_) | Self::UpstreamResponseRejected(_) => 502,
             Self::UpstreamTimeout { .. } => 504,
             Self::NotReady => 503,
@@ -86,6 +88,8 @@ impl GatewayError {
             Self::Render(RenderError::InvalidArgument { .. }) => "invalid_argument",
             Self::Render(RenderError::MissingSecret(_) | RenderError::UnusableSecret(_))
             | Self::SecretNotOpened(_) => "secret_unavailable",
+            Self::Render(RenderError::InvalidOAuthHandle(_)) => "invalid_oauth_handle",
+            Self::Render(RenderError::MissingOAuthToken(_)) => "oauth_token_unavailable",
             Self::SecretHostDenied { .. } => "secret_host_denied",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",

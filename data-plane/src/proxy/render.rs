@@ -160,6 +160,9 @@ mod tests {
             functions: BTreeMap::new(),
             secrets: BTreeMap::new(),
             api_keys: vec![],
+            oauth_clients: Default::default(),
+            oauth_connections: Default::default(),
+            oauth_authorizations: Default::default(),
         };
         for (name, value, hosts) in secrets {
             let identity = SecretIdentity {

@@ -106,6 +106,7 @@ impl RequestReport<'_> {
             upstream_host: host_of_error.or(self.upstream_host).map(str::to_string),
             status: self.status,
             message,
+            oauth_connection: None,
         }
     }
 }

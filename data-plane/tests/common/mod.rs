@@ -14,6 +14,7 @@ use airlock_data_plane::{
 use airlock_shared::api_key::ApiKeyHash;
 use airlock_shared::events::{DataPlaneMessage, GatewayEvent, KeyUsageReport};
 use airlock_shared::hosts::HostPattern;
+use airlock_shared::oauth::OAuthConnectionReport;
 use airlock_shared::seal::{OpeningKey, OpeningKeyring, SecretIdentity};
 use airlock_shared::wire::{ApiKeyGrant, EnvironmentSnapshot, FunctionSpec, HeaderSpec};
 use axum::extract::{ConnectInfo, Request, State};
@@ -396,6 +397,9 @@ impl SnapshotBuilder {
                 functions: BTreeMap::new(),
                 secrets: BTreeMap::new(),
                 api_keys: vec![],
+                oauth_clients: Default::default(),
+                oauth_connections: Default::default(),
+                oauth_authorizations: Default::default(),
             },
         }
     }
@@ -537,7 +541,7 @@ impl TestPlane {
     ) -> (Self, EventReceiver) {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         let plane = Self::start_full(keys, initial, None, EventSink::InProcess(sender)).await;
-        (plane, EventReceiver(receiver, Vec::new()))
+        (plane, EventReceiver(receiver, Vec::new(), Vec::new()))
     }
 
     pub async fn start_full(
@@ -614,6 +618,7 @@ impl TestPlane {
 pub struct EventReceiver(
     pub UnboundedReceiver<DataPlaneMessage>,
     pub Vec<KeyUsageReport>,
+    pub Vec<OAuthConnectionReport>,
 );
 
 impl EventReceiver {
@@ -627,6 +632,7 @@ impl EventReceiver {
             match message {
                 DataPlaneMessage::Event(event) => return event,
                 DataPlaneMessage::KeyUsage(report) => self.1.push(report),
+                DataPlaneMessage::OAuth(report) => self.2.push(report),
             }
         }
     }
@@ -667,6 +673,7 @@ impl EventReceiver {
             match message {
                 DataPlaneMessage::Event(event) => events.push(event),
                 DataPlaneMessage::KeyUsage(report) => self.1.push(report),
+                DataPlaneMessage::OAuth(report) => self.2.push(report),
             }
         }
         events
