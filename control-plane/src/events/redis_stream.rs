@@ -251,7 +251,7 @@ impl RedisEvents {
         let mut ids = Vec::with_capacity(entries.len());
         for entry in entries {
             match parse_entry(&entry) {
-                Ok(StreamMessage::Event(event)) => events.push(event),
+                Ok(StreamMessage::Event(event)) => events.push(*event),
                 Ok(StreamMessage::KeyUsage(report)) => key_usage.extend(report.uses),
                 // The reason names the problem, never the content (which could be anything).
                 Err(reason) => tracing::warn!(
@@ -281,7 +281,7 @@ fn is_unknown_command(error: &RedisError) -> bool {
 /// What a stream entry holds.
 #[derive(Debug, PartialEq)]
 enum StreamMessage {
-    Event(GatewayEvent),
+    Event(Box<GatewayEvent>),
     KeyUsage(KeyUsageReport),
 }
 
@@ -293,7 +293,8 @@ fn parse_entry(entry: &StreamId) -> Result<StreamMessage, String> {
     let Some(value) = entry.map.get(EVENT_FIELD) else {
         return Err(format!("no `{EVENT_FIELD}` field"));
     };
-    parse_field(EVENT_FIELD, "GatewayEvent", value).map(StreamMessage::Event)
+    parse_field(EVENT_FIELD, "GatewayEvent", value)
+        .map(|event| StreamMessage::Event(Box::new(event)))
 }
 
 fn parse_field<T: serde::de::DeserializeOwned>(
@@ -453,7 +454,7 @@ mod tests {
         let json = serde_json::to_vec(&event).unwrap();
         assert_eq!(
             parse_entry(&entry(&[(EVENT_FIELD, Value::BulkString(json))])),
-            Ok(StreamMessage::Event(event))
+            Ok(StreamMessage::Event(Box::new(event)))
         );
         let report = KeyUsageReport {
             uses: vec![airlock_shared::events::KeyUse {
