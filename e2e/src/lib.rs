@@ -293,6 +293,9 @@ pub struct AirlockOptions {
     /// Port of the control plane; `None`: a free one. Set it when a peer must know the URL
     /// before Airlock starts (an OpenID provider's redirect URI).
     pub control_port: Option<u16>,
+    /// Port of the (first) data plane; `None`: a free one. Set it when a peer must know the
+    /// data plane's URL first (an OAuth provider's redirect URI to its callback).
+    pub data_port: Option<u16>,
     /// Extra environment variables (`AIRLOCK_OIDC_ISSUER`, ...).
     pub env: Vec<(String, String)>,
 }
@@ -328,7 +331,7 @@ impl Airlock {
     pub async fn dev_with(options: AirlockOptions) -> Result<Self> {
         let data_dir = tempfile::tempdir()?;
         let control_port = options.control_port.unwrap_or_else(free_port);
-        let data_port = free_port();
+        let data_port = options.data_port.unwrap_or_else(free_port);
         let mut command = Command::new(binary("airlock"));
         command
             .arg("dev")
@@ -412,6 +415,7 @@ impl Airlock {
             data_dir.path(),
             redis_prefix,
             &key_file,
+            options.data_port.unwrap_or_else(free_port),
         )
         .await?;
 
@@ -435,7 +439,7 @@ impl Airlock {
             .context("only split mode has separate data planes")?;
         let name = format!("airlock-data-plane-{}", self.processes.len());
         let (process, url) =
-            start_data_plane(&name, self.data_dir.path(), &prefix, &key_file).await?;
+            start_data_plane(&name, self.data_dir.path(), &prefix, &key_file, free_port()).await?;
         self.processes.push(process);
         Ok(url)
     }
@@ -523,14 +527,14 @@ impl Airlock {
     }
 }
 
-/// Start `airlock-data-plane` on a free port, fed from Redis under `prefix`.
+/// Start `airlock-data-plane` on `port`, fed from Redis under `prefix`.
 async fn start_data_plane(
     name: &str,
     log_dir: &Path,
     prefix: &str,
     key_file: &Path,
+    port: u16,
 ) -> Result<(Process, String)> {
-    let port = free_port();
     let mut command = Command::new(binary("airlock-data-plane"));
     command
         .args(["--listen", &format!("127.0.0.1:{port}")])
