@@ -62,6 +62,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use airlock_shared::hosts::is_allowed;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -357,6 +358,18 @@ impl Gateway {
         for (_, connection) in &values.handles {
             if !names.contains(&connection.as_str()) {
                 names.push(connection);
+            }
+        }
+        // Host binding before anything else: a token that may not go to this host is not
+        // even fetched (rendering checks again what was actually injected).
+        for name in &names {
+            if let Some(client) = environment.oauth.client_of(name) {
+                if !is_allowed(&client.allowed_hosts, &function.template.host) {
+                    return Err(GatewayError::OAuthHostDenied {
+                        connection: name.to_string(),
+                        host: function.template.host.clone(),
+                    });
+                }
             }
         }
         let deadline = Instant::now() + Duration::from_millis(function.template.timeout_ms.max(1));
