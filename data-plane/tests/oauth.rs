@@ -39,11 +39,14 @@ enum Mode {
     ServerError,
 }
 
+/// The form fields and the Authorization header of one token request.
+type TokenRequest = (HashMap<String, String>, Option<String>);
+
 #[derive(Default)]
 struct ProviderState {
     token_requests: AtomicUsize,
     /// Form fields and the Authorization header of each token request.
-    requests: Mutex<Vec<(HashMap<String, String>, Option<String>)>>,
+    requests: Mutex<Vec<TokenRequest>>,
     /// The access token the API accepts (the latest issued, unless revoked).
     current: Mutex<Option<String>>,
     mode: Mutex<Option<Mode>>,
@@ -81,7 +84,7 @@ impl Provider {
         self.state.token_requests.load(Ordering::SeqCst)
     }
 
-    fn last_request(&self) -> (HashMap<String, String>, Option<String>) {
+    fn last_request(&self) -> TokenRequest {
         self.state.requests.lock().unwrap().last().cloned().unwrap()
     }
 
@@ -872,4 +875,48 @@ async fn two_data_planes_over_redis_ask_for_a_token_once() {
         .query_async::<()>(&mut redis)
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_broken_connection_is_tried_again_once_the_control_plane_resets_it() {
+    let key = OpeningKey::generate();
+    let provider = Provider::start().await;
+    provider.set_mode(Mode::InvalidGrant);
+    let env = Uuid::new_v4();
+    let snapshot = environment(&key, &provider, env, OAuthGrant::ClientCredentials);
+    let plane = TestPlane::start(&key, vec![snapshot.clone()]).await;
+    let (_, code, _) = gateway_error(plane.invoke("call", Some(API_KEY), "").await).await;
+    assert_eq!(code, "oauth_connection_broken");
+
+    // The control plane learns it is broken and republishes it so: still broken, no request.
+    let mut broken = snapshot.clone();
+    broken.revision = 2;
+    broken.oauth_connections.get_mut("crm").unwrap().status = ConnectionStatus::Broken;
+    apply(&plane, broken.clone()).await;
+    provider.set_mode(Mode::Ok);
+    let (_, code, _) = gateway_error(plane.invoke("call", Some(API_KEY), "").await).await;
+    assert_eq!(code, "oauth_connection_broken");
+    assert_eq!(provider.token_requests(), 1);
+
+    // Reset (e.g. the client secret was fixed): the next use asks again.
+    let mut reset = broken;
+    reset.revision = 3;
+    reset.oauth_connections.get_mut("crm").unwrap().status = ConnectionStatus::Pending;
+    apply(&plane, reset).await;
+    assert_eq!(plane.invoke("call", Some(API_KEY), "").await.status(), 200);
+    assert_eq!(provider.token_requests(), 2);
+    plane.shutdown().await;
+}
+
+/// Hand `snapshot` to the plane and wait until it is live.
+async fn apply(plane: &TestPlane, snapshot: EnvironmentSnapshot) {
+    let (applied, done) = tokio::sync::oneshot::channel();
+    plane
+        .sender
+        .send(airlock_data_plane::SnapshotDelivery {
+            snapshot,
+            applied: Some(applied),
+        })
+        .unwrap();
+    done.await.unwrap();
 }

@@ -201,7 +201,14 @@ impl LiveTokens {
 #[derive(Debug)]
 enum Held {
     Live(Arc<LiveTokens>),
-    Broken { generation: i64, error: String },
+    /// Refused by the provider. `revision` is the environment's snapshot revision when this
+    /// was learnt: a later snapshot that no longer says `Broken` (the control plane reset or
+    /// reconnected the connection) lets the data plane try again.
+    Broken {
+        generation: i64,
+        error: String,
+        revision: i64,
+    },
 }
 
 impl Held {
@@ -609,6 +616,7 @@ impl TokenManager {
                         slot.held.store(Some(Arc::new(Held::Broken {
                             generation,
                             error: record.error.clone().unwrap_or_else(|| "refused".into()),
+                            revision: target.environment.revision,
                         })));
                     }
                     (_, Some(tokens)) => match self.open(target, tokens, generation) {
@@ -627,18 +635,23 @@ impl TokenManager {
 
     /// Adopt the snapshot's tokens or broken status when newer than what is held.
     fn adopt_snapshot(&self, target: &Target<'_>, slot: &Slot) {
-        let held_generation = slot.held.load().as_ref().map_or(0, |h| h.generation());
+        let held = slot.held.load();
+        let held_generation = held.as_ref().map_or(0, |h| h.generation());
+        let snapshot_generation = snapshot_generation(target);
+        if target.connection.status == ConnectionStatus::Broken {
+            if held.is_none() || snapshot_generation > held_generation {
+                slot.held.store(Some(Arc::new(Held::Broken {
+                    generation: snapshot_generation,
+                    error: "marked broken by the control plane".into(),
+                    revision: target.environment.revision,
+                })));
+            }
+            return;
+        }
         let Some(tokens) = &target.connection.tokens else {
             return;
         };
         if tokens.generation <= held_generation {
-            return;
-        }
-        if target.connection.status == ConnectionStatus::Broken {
-            slot.held.store(Some(Arc::new(Held::Broken {
-                generation: tokens.generation,
-                error: "marked broken".into(),
-            })));
             return;
         }
         match self.open(target, tokens, tokens.generation) {
@@ -841,6 +854,7 @@ impl TokenManager {
             slot.held.store(Some(Arc::new(Held::Broken {
                 generation: next_generation,
                 error: description.clone(),
+                revision: target.environment.revision,
             })));
             let broken = OAuthError::Broken {
                 connection: target.name().to_string(),
@@ -952,12 +966,20 @@ fn fresh(slot: &Slot, target: &Target<'_>, rejected: Option<i64>) -> Option<Arc<
         .then(|| live.clone())
 }
 
+/// The broken state held for the connection, unless a newer snapshot says it is no longer
+/// broken (reset or reconnected by the control plane).
 fn broken(slot: &Slot, target: &Target<'_>) -> Option<OAuthError> {
     match slot.held.load().as_deref() {
-        Some(Held::Broken { error, .. }) => Some(OAuthError::Broken {
-            connection: target.name().to_string(),
-            error: error.clone(),
-        }),
+        Some(Held::Broken {
+            error, revision, ..
+        }) if target.connection.status == ConnectionStatus::Broken
+            || target.environment.revision <= *revision =>
+        {
+            Some(OAuthError::Broken {
+                connection: target.name().to_string(),
+                error: error.clone(),
+            })
+        }
         _ => None,
     }
 }
