@@ -51,7 +51,12 @@ fn refused(text: &str) -> CallbackPage {
 
 impl TokenManager {
     /// Serve one callback with the raw query string.
-    pub(crate) async fn callback(&self, snapshot: &Snapshot, query: &str) -> CallbackPage {
+    pub(crate) async fn callback(
+        &self,
+        snapshot: &Snapshot,
+        query: &str,
+        request_id: &str,
+    ) -> CallbackPage {
         let mut code = None;
         let mut state = None;
         let mut provider_error = None;
@@ -67,6 +72,7 @@ impl TokenManager {
         }
         let refuse_unknown = |message: &str| {
             self.events.emit(oauth_event(
+                request_id,
                 EventKind::OAuthCallbackRefused,
                 None,
                 None,
@@ -85,6 +91,7 @@ impl TokenManager {
         let connection_name = authorization.connection.as_str();
         let refuse = |status: u16, message: String, text: &str| {
             self.events.emit(oauth_event(
+                request_id,
                 EventKind::OAuthCallbackRefused,
                 Some(environment),
                 Some(connection_name),
@@ -294,6 +301,7 @@ impl TokenManager {
             Some(authorization.id),
         );
         self.events.emit(oauth_event(
+            request_id,
             EventKind::OAuthConnected,
             Some(environment),
             Some(connection_name),

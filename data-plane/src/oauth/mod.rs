@@ -889,6 +889,7 @@ impl TokenManager {
     /// An OAuth event about `target` (no request id: it is not one request's).
     fn emit(&self, target: &Target<'_>, kind: EventKind, status: u16, message: String) {
         self.events.emit(oauth_event(
+            "",
             kind,
             Some(target.environment),
             Some(target.name()),
@@ -927,8 +928,10 @@ enum RequestFailure {
     Endpoint(EndpointError),
 }
 
-/// An OAuth event (not tied to one invocation unless the caller sets the request id).
+/// An OAuth event. `request_id` is the callback's; token refreshes serve many requests and
+/// leave it empty.
 pub(crate) fn oauth_event(
+    request_id: &str,
     kind: EventKind,
     environment: Option<&CompiledEnvironment>,
     connection: Option<&str>,
@@ -941,7 +944,7 @@ pub(crate) fn oauth_event(
         kind,
         tenant_id: environment.map(|e| e.tenant_id),
         environment_id: environment.map(|e| e.environment_id),
-        request_id: String::new(),
+        request_id: request_id.to_string(),
         function: None,
         api_key_id: None,
         secrets: Vec::new(),

@@ -256,7 +256,11 @@ impl Gateway {
             Route::OAuthCallback => {
                 let query = session.req_header().uri.query().unwrap_or("").to_string();
                 let snapshot = self.state.store.load();
-                let page = self.state.tokens.callback(&snapshot, &query).await;
+                let page = self
+                    .state
+                    .tokens
+                    .callback(&snapshot, &query, &ctx.request_id)
+                    .await;
                 respond_page(session, ctx, page.status, page.body).await;
                 return Ok(true);
             }
