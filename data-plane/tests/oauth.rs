@@ -775,106 +775,194 @@ fn sealed_tokens(
 
 const REDIS_URL: &str = "redis://127.0.0.1:6379";
 
+/// Two data planes sharing `snapshot` through Redis under a fresh prefix.
+struct RedisPlanes {
+    names: RedisNames,
+    redis: redis::aio::MultiplexedConnection,
+    planes: Vec<(airlock_data_plane::DataPlaneHandle, String, reqwest::Client)>,
+    reports: tokio::sync::mpsc::UnboundedReceiver<DataPlaneMessage>,
+    env: Uuid,
+    connection_id: Uuid,
+}
+
+impl RedisPlanes {
+    async fn start(key: &OpeningKey, snapshot: &EnvironmentSnapshot) -> Self {
+        let env = snapshot.environment_id;
+        let connection_id = snapshot.oauth_connections["crm"].id;
+        let names = RedisNames::new(format!("airlock-test-oauth-{}", Uuid::new_v4().simple()));
+        let mut redis = redis::Client::open(REDIS_URL)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .expect("Redis at 127.0.0.1:6379");
+        redis::pipe()
+            .atomic()
+            .set(
+                names.environment_snapshot(&env),
+                serde_json::to_string(snapshot).unwrap(),
+            )
+            .hset(names.snapshot_index(), env.to_string(), snapshot.revision)
+            .query_async::<()>(&mut redis)
+            .await
+            .unwrap();
+        let (reports_tx, reports) = tokio::sync::mpsc::unbounded_channel();
+        let mut planes = Vec::new();
+        for _ in 0..2 {
+            let handle = start_plane(
+                key.clone(),
+                ConfigSource::Redis {
+                    url: REDIS_URL.into(),
+                    names: names.clone(),
+                },
+                None,
+                EventSink::InProcess(reports_tx.clone()),
+            )
+            .await;
+            let base = format!("http://{}", handle.listen_addr());
+            let client = reqwest::Client::new();
+            eventually(Duration::from_secs(5), || {
+                let (client, base) = (client.clone(), base.clone());
+                async move {
+                    client
+                        .get(format!("{base}/readyz"))
+                        .send()
+                        .await
+                        .is_ok_and(|r| r.status() == 200)
+                }
+            })
+            .await;
+            planes.push((handle, base, client));
+        }
+        Self {
+            names,
+            redis,
+            planes,
+            reports,
+            env,
+            connection_id,
+        }
+    }
+
+    /// `n` concurrent invocations of `call`, alternating between the planes; their statuses.
+    async fn invoke_many(&self, n: usize) -> Vec<u16> {
+        let calls = (0..n).map(|i| {
+            let (_, base, client) = &self.planes[i % 2];
+            client
+                .post(format!("{base}/v1/functions/call/invoke"))
+                .bearer_auth(API_KEY)
+                .send()
+        });
+        futures::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().status().as_u16())
+            .collect()
+    }
+
+    /// The shared record's generation and JSON.
+    async fn record(&mut self) -> (Option<String>, Option<String>) {
+        redis::cmd("HMGET")
+            .arg(self.names.oauth_tokens(&self.connection_id))
+            .arg("generation")
+            .arg("record")
+            .query_async(&mut self.redis)
+            .await
+            .unwrap()
+    }
+
+    /// OAuth reports received so far.
+    fn reports(&mut self) -> Vec<airlock_shared::oauth::OAuthConnectionReport> {
+        let mut reports = Vec::new();
+        while let Ok(message) = self.reports.try_recv() {
+            if let DataPlaneMessage::OAuth(report) = message {
+                reports.push(report);
+            }
+        }
+        reports
+    }
+
+    async fn stop(mut self) {
+        for (handle, _, _) in self.planes.drain(..) {
+            tokio::task::spawn_blocking(move || handle.shutdown())
+                .await
+                .unwrap();
+        }
+        redis::cmd("DEL")
+            .arg(self.names.environment_snapshot(&self.env))
+            .arg(self.names.snapshot_index())
+            .arg(self.names.oauth_tokens(&self.connection_id))
+            .arg(self.names.oauth_refresh_lock(&self.connection_id))
+            .query_async::<()>(&mut self.redis)
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test]
 async fn two_data_planes_over_redis_ask_for_a_token_once() {
     let key = OpeningKey::generate();
     let provider = Provider::start().await;
     provider.state.slow.store(true, Ordering::SeqCst);
+    // Valid for 1 s past the 60 s refresh skew.
+    *provider.state.expires_in.lock().unwrap() = Some(61);
     let env = Uuid::new_v4();
     let snapshot = environment(&key, &provider, env, OAuthGrant::ClientCredentials);
-    let connection_id = snapshot.oauth_connections["crm"].id;
-    let names = RedisNames::new(format!("airlock-test-oauth-{}", Uuid::new_v4().simple()));
-    let mut redis = redis::Client::open(REDIS_URL)
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .expect("Redis at 127.0.0.1:6379");
-    redis::pipe()
-        .atomic()
-        .set(
-            names.environment_snapshot(&env),
-            serde_json::to_string(&snapshot).unwrap(),
-        )
-        .hset(names.snapshot_index(), env.to_string(), snapshot.revision)
-        .query_async::<()>(&mut redis)
-        .await
-        .unwrap();
-
-    let (reports_tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-    let mut planes = Vec::new();
-    for _ in 0..2 {
-        let handle = start_plane(
-            key.clone(),
-            ConfigSource::Redis {
-                url: REDIS_URL.into(),
-                names: names.clone(),
-            },
-            None,
-            EventSink::InProcess(reports_tx.clone()),
-        )
-        .await;
-        let base = format!("http://{}", handle.listen_addr());
-        let client = reqwest::Client::new();
-        eventually(Duration::from_secs(5), || {
-            let (client, base) = (client.clone(), base.clone());
-            async move {
-                client
-                    .get(format!("{base}/readyz"))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status() == 200)
-            }
-        })
-        .await;
-        planes.push((handle, base, client));
-    }
+    let mut planes = RedisPlanes::start(&key, &snapshot).await;
 
     // 200 concurrent first uses over two processes: one token request.
-    let calls = (0..200).map(|i| {
-        let (_, base, client) = &planes[i % 2];
-        client
-            .post(format!("{base}/v1/functions/call/invoke"))
-            .bearer_auth(API_KEY)
-            .send()
-    });
-    for response in futures::future::join_all(calls).await {
-        assert_eq!(response.unwrap().status(), 200);
-    }
+    assert!(planes.invoke_many(200).await.iter().all(|s| *s == 200));
     assert_eq!(provider.token_requests(), 1);
 
     // Redis holds the sealed tokens only, at generation 1.
-    let (generation, record): (Option<String>, Option<String>) = redis::cmd("HMGET")
-        .arg(names.oauth_tokens(&connection_id))
-        .arg("generation")
-        .arg("record")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let (generation, record) = planes.record().await;
     assert_eq!(generation.as_deref(), Some("1"));
     let token = provider.current().unwrap();
     assert!(!record.unwrap().contains(&token));
-    let mut connected = 0;
-    while let Ok(message) = reports.try_recv() {
-        if let DataPlaneMessage::OAuth(report) = message {
-            assert_eq!(report.status, ConnectionStatus::Connected);
-            connected += 1;
-        }
-    }
-    assert_eq!(connected, 1);
 
-    for (handle, _, _) in planes {
-        tokio::task::spawn_blocking(move || handle.shutdown())
-            .await
-            .unwrap();
-    }
-    redis::cmd("DEL")
-        .arg(names.environment_snapshot(&env))
-        .arg(names.snapshot_index())
-        .arg(names.oauth_tokens(&connection_id))
-        .arg(names.oauth_refresh_lock(&connection_id))
-        .query_async::<()>(&mut redis)
-        .await
-        .unwrap();
+    // At expiry, 200 more over both planes: one more token request, generation 2, which
+    // the other plane adopted (the API only accepts the newest token).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(planes.invoke_many(200).await.iter().all(|s| *s == 200));
+    assert_eq!(provider.token_requests(), 2);
+    assert_eq!(planes.record().await.0.as_deref(), Some("2"));
+
+    let reports = planes.reports();
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert!(reports
+        .iter()
+        .all(|r| r.status == ConnectionStatus::Connected && r.tokens.is_some()));
+    planes.stop().await;
+}
+
+#[tokio::test]
+async fn a_connection_broken_on_one_plane_is_broken_on_all() {
+    let key = OpeningKey::generate();
+    let provider = Provider::start().await;
+    provider.set_mode(Mode::InvalidGrant);
+    provider.state.slow.store(true, Ordering::SeqCst);
+    let env = Uuid::new_v4();
+    let snapshot = environment(&key, &provider, env, OAuthGrant::ClientCredentials);
+    let mut planes = RedisPlanes::start(&key, &snapshot).await;
+
+    assert!(planes.invoke_many(40).await.iter().all(|s| *s == 502));
+    assert_eq!(provider.token_requests(), 1);
+    let (generation, record) = planes.record().await;
+    assert_eq!(generation.as_deref(), Some("1"));
+    let record: serde_json::Value = serde_json::from_str(&record.unwrap()).unwrap();
+    assert_eq!(record["status"], "broken");
+    assert!(record["error"].as_str().unwrap().contains("invalid_grant"));
+
+    // Both planes keep refusing without asking the provider again.
+    provider.set_mode(Mode::Ok);
+    assert!(planes.invoke_many(10).await.iter().all(|s| *s == 502));
+    assert_eq!(provider.token_requests(), 1);
+    let broken: Vec<_> = planes
+        .reports()
+        .into_iter()
+        .filter(|r| r.status == ConnectionStatus::Broken)
+        .collect();
+    assert_eq!(broken.len(), 1);
+    planes.stop().await;
 }
 
 #[tokio::test]
