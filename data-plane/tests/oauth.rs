@@ -320,16 +320,19 @@ async fn client_credentials_token_is_fetched_once_injected_and_redacted() {
     assert_eq!(provider.token_requests(), 1);
 
     // The report carries sealed tokens only; secret.used names the connection.
-    let mut saw_used = false;
-    for event in events.drain() {
-        let text = serde_json::to_string(&event).unwrap();
-        assert!(!text.contains(&token));
+    let used = loop {
+        let event = events.next().await;
+        assert!(!serde_json::to_string(&event).unwrap().contains(&token));
         if event.kind == EventKind::SecretUsed {
-            assert_eq!(event.oauth_connection.as_deref(), Some("crm"));
-            saw_used = true;
+            break event;
         }
-    }
-    assert!(saw_used);
+    };
+    assert_eq!(used.oauth_connection.as_deref(), Some("crm"));
+    assert!(
+        used.message.contains("OAuth tokens of `crm`"),
+        "{}",
+        used.message
+    );
     let report = oauth_report(&mut events, |_| true).await;
     assert_eq!(report.status, ConnectionStatus::Connected);
     assert_eq!(report.tokens.as_ref().unwrap().generation, 1);
