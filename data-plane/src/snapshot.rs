@@ -874,6 +874,49 @@ mod tests {
         assert_eq!(store.revision_of(&ENV_A), Some(3));
     }
 
+    fn pending(state: &str, key: &OpeningKey) -> PendingAuthorization {
+        let id = Uuid::new_v4();
+        let name = airlock_shared::oauth::pkce_identity_name(id);
+        PendingAuthorization {
+            id,
+            connection: "crm".into(),
+            state_hash: airlock_shared::oauth::state_hash(state),
+            code_verifier: key.sealing_key().seal(identity(&name), "v").unwrap(),
+            redirect_uri: "http://127.0.0.1/v1/oauth/callback".into(),
+            expires_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn pending_authorizations_are_indexed_by_state_hash_across_environments() {
+        let key = OpeningKey::generate();
+        let store = SnapshotStore::new(key.clone().into());
+        let mut a = snapshot(ENV_A, 1);
+        a.oauth_authorizations = vec![pending("state-a", &key), pending("shared", &key)];
+        let mut b = snapshot(ENV_B, 1);
+        b.oauth_authorizations = vec![pending("state-b", &key), pending("shared", &key)];
+        store.apply(a);
+        store.apply(b);
+        let snap = store.load();
+        let hash = airlock_shared::oauth::state_hash;
+        let (env, found) = snap.authorization(&hash("state-a")).unwrap();
+        assert_eq!(env.environment_id, ENV_A);
+        assert_eq!(found.state_hash, hash("state-a"));
+        assert_eq!(
+            snap.authorization(&hash("state-b"))
+                .unwrap()
+                .0
+                .environment_id,
+            ENV_B
+        );
+        // Unknown, or ambiguous (which flow would it complete?): none.
+        assert!(snap.authorization(&hash("forged")).is_none());
+        assert!(snap.authorization(&hash("shared")).is_none());
+        // A new revision without it: gone.
+        store.apply(snapshot(ENV_A, 2));
+        assert!(store.load().authorization(&hash("state-a")).is_none());
+    }
+
     #[test]
     fn key_index_spans_environments_and_follows_replacements() {
         let store = SnapshotStore::new(OpeningKey::generate().into());

@@ -1011,3 +1011,49 @@ async fn apply(plane: &TestPlane, snapshot: EnvironmentSnapshot) {
         .unwrap();
     done.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_callback_is_single_use_across_planes_and_its_tokens_are_shared() {
+    let key = OpeningKey::generate();
+    let provider = Provider::start().await;
+    let env = Uuid::new_v4();
+    let mut snapshot = environment(&key, &provider, env, OAuthGrant::AuthorizationCode);
+    let verifier = "w".repeat(50);
+    snapshot.oauth_authorizations = vec![authorization(
+        &key,
+        env,
+        "state-x",
+        &verifier,
+        chrono::Duration::minutes(10),
+    )];
+    let mut planes = RedisPlanes::start(&key, &snapshot).await;
+    let callback = |plane: usize| {
+        let (_, base, client) = &planes.planes[plane];
+        client
+            .get(format!("{base}/v1/oauth/callback?code=c1&state=state-x"))
+            .send()
+    };
+
+    assert_eq!(callback(0).await.unwrap().status(), 200);
+    // The same callback on the other plane (a replay): refused there too.
+    assert_eq!(callback(1).await.unwrap().status(), 400);
+    assert_eq!(provider.token_requests(), 1);
+    assert_eq!(planes.record().await.0.as_deref(), Some("1"));
+
+    // The other plane uses the tokens the first one stored.
+    assert!(planes.invoke_many(10).await.iter().all(|s| *s == 200));
+    assert_eq!(provider.token_requests(), 1);
+    let claim = planes.names.oauth_state_claim(&state_hash("state-x"));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&claim)
+        .query_async(&mut planes.redis)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 600_000, "{ttl}");
+    let _: () = redis::cmd("DEL")
+        .arg(&claim)
+        .query_async(&mut planes.redis)
+        .await
+        .unwrap();
+    planes.stop().await;
+}

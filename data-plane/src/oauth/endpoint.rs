@@ -227,3 +227,36 @@ fn describe(error: &oauth2::HttpClientError<reqwest::Error>) -> String {
         _ => "the token request failed".into(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_refused_grants_and_clients_break_a_connection() {
+        let refused = |code: &str| EndpointError::Refused {
+            code: code.into(),
+            description: None,
+        };
+        for code in ["invalid_grant", "invalid_client", "unauthorized_client"] {
+            assert!(refused(code).breaks_connection(), "{code}");
+        }
+        for code in [
+            "invalid_request",
+            "invalid_scope",
+            "temporarily_unavailable",
+        ] {
+            assert!(!refused(code).breaks_connection(), "{code}");
+        }
+        assert!(!EndpointError::Failed("x".into()).breaks_connection());
+        let described = EndpointError::Refused {
+            code: "invalid_grant".into(),
+            description: Some("grant revoked".into()),
+        };
+        assert_eq!(
+            described.to_string(),
+            "the provider refused the token request: invalid_grant (grant revoked)"
+        );
+        assert_eq!(truncate(&"a\nb".repeat(300)).len(), MAX_DESCRIPTION);
+    }
+}
