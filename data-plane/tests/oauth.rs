@@ -1057,3 +1057,27 @@ async fn a_callback_is_single_use_across_planes_and_its_tokens_are_shared() {
         .unwrap();
     planes.stop().await;
 }
+
+#[tokio::test]
+async fn a_transient_failure_is_shared_by_every_plane() {
+    let key = OpeningKey::generate();
+    let provider = Provider::start().await;
+    provider.set_mode(Mode::ServerError);
+    provider.state.slow.store(true, Ordering::SeqCst);
+    let env = Uuid::new_v4();
+    let snapshot = environment(&key, &provider, env, OAuthGrant::ClientCredentials);
+    let mut planes = RedisPlanes::start(&key, &snapshot).await;
+
+    // Both planes' requests within the second after the failure share it: one token request.
+    assert!(planes.invoke_many(40).await.iter().all(|s| *s == 502));
+    assert_eq!(provider.token_requests(), 1);
+    assert!(planes.invoke_many(10).await.iter().all(|s| *s == 502));
+    assert_eq!(provider.token_requests(), 1);
+    // Nothing broken, nothing stored; after the backoff the provider is asked again.
+    assert_eq!(planes.record().await.0, None);
+    provider.set_mode(Mode::Ok);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert!(planes.invoke_many(10).await.iter().all(|s| *s == 200));
+    assert_eq!(provider.token_requests(), 2);
+    planes.stop().await;
+}

@@ -41,8 +41,9 @@
 //! broken state is written to the shared record (all planes see it), an `oauth.refresh_failed`
 //! event and a `Broken` report go out, and requests fail with `oauth_connection_broken` until
 //! the connection is authorized again. Other failures (network, 5xx, other errors) emit
-//! `oauth.refresh_failed`, do not break anything, and are remembered for a second: requests
-//! in that second share the failure instead of asking the provider again.
+//! `oauth.refresh_failed`, do not break anything, and are remembered for a second (in
+//! process, and in the shared record for the other planes): requests in that second share
+//! the failure instead of asking the provider again.
 //!
 //! ## Client secrets
 //!
@@ -469,6 +470,13 @@ impl TokenManager {
             if let Some(result) = self.adopt_stored(target, slot, &stored, rejected) {
                 return result;
             }
+            if let Some((at, message)) = &stored.failure {
+                let age = Utc::now().timestamp_millis() - at;
+                if (0..FAILURE_BACKOFF.as_millis() as i64).contains(&age) {
+                    // Another plane just failed to get a token: share its failure.
+                    return Err(target.unavailable(message.clone()));
+                }
+            }
             if target.connection.grant == OAuthGrant::AuthorizationCode
                 && refresh_token_of(slot.held.load().as_deref()).is_none()
             {
@@ -553,6 +561,13 @@ impl TokenManager {
                         }
                     }
                 } else {
+                    let reason = match &failure {
+                        OAuthError::Unavailable { reason, .. } => reason.as_str(),
+                        _ => "the token request failed",
+                    };
+                    if let Err(error) = store.record_failure(id, reason).await {
+                        tracing::warn!(connection_id = %id, %error, "cannot share the token failure");
+                    }
                     let _ = store.release(id, lock_value).await;
                 }
                 return Err(failure);

@@ -3,6 +3,8 @@
 //! Per connection (`airlock_shared::keys::RedisNames`):
 //! - `oauth_tokens(id)`: a hash with `generation` (the fencing number) and `record` (JSON
 //!   [`TokenRecord`]: the sealed tokens or the broken state). Never a plaintext token.
+//!   A third field, `failure` (`<unix ms>|<message>`), records the last transient failure of
+//!   the token endpoint, so that every plane shares it for a second instead of asking again.
 //! - `oauth_refresh_lock(id)`: `SET NX PX 15000` with a random value by the one data plane
 //!   that talks to the token endpoint.
 //!
@@ -43,6 +45,7 @@ if stored ~= ARGV[2] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'generation', ARGV[3], 'record', ARGV[4])
+redis.call('HDEL', KEYS[1], 'failure')
 redis.call('DEL', KEYS[2])
 return 1
 "#;
@@ -55,6 +58,7 @@ if stored >= tonumber(ARGV[1]) then
   return 0
 end
 redis.call('HSET', KEYS[1], 'generation', ARGV[1], 'record', ARGV[2])
+redis.call('HDEL', KEYS[1], 'failure')
 return 1
 "#;
 
@@ -84,6 +88,8 @@ pub struct TokenRecord {
 pub struct StoredRecord {
     pub generation: Option<i64>,
     pub record: Option<TokenRecord>,
+    /// The last transient failure: when (Unix ms) and what.
+    pub failure: Option<(i64, String)>,
 }
 
 impl StoredRecord {
@@ -154,15 +160,41 @@ impl RedisTokenStore {
     /// generation kept, so a writer still fences against it).
     pub async fn read(&self, connection_id: Uuid) -> Result<StoredRecord, StoreError> {
         let mut connection = self.connection().await?;
-        let (generation, record): (Option<String>, Option<String>) = bounded(
-            redis::cmd("HMGET")
+        let (generation, record, failure): (Option<String>, Option<String>, Option<String>) =
+            bounded(
+                redis::cmd("HMGET")
+                    .arg(self.names.oauth_tokens(&connection_id))
+                    .arg("generation")
+                    .arg("record")
+                    .arg("failure")
+                    .query_async(&mut connection),
+            )
+            .await?;
+        let mut stored = parse_stored(generation.as_deref(), record.as_deref());
+        stored.failure = failure.as_deref().and_then(|f| {
+            let (at, message) = f.split_once('|')?;
+            Some((at.parse().ok()?, message.to_string()))
+        });
+        Ok(stored)
+    }
+
+    /// Record a transient token-endpoint failure for the other planes (see the module docs).
+    pub async fn record_failure(
+        &self,
+        connection_id: Uuid,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let mut connection = self.connection().await?;
+        let value = format!("{}|{message}", Utc::now().timestamp_millis());
+        let _: i64 = bounded(
+            redis::cmd("HSET")
                 .arg(self.names.oauth_tokens(&connection_id))
-                .arg("generation")
-                .arg("record")
+                .arg("failure")
+                .arg(value)
                 .query_async(&mut connection),
         )
         .await?;
-        Ok(parse_stored(generation.as_deref(), record.as_deref()))
+        Ok(())
     }
 
     /// Try to take the refresh lock with `value`.
@@ -278,7 +310,11 @@ pub fn parse_stored(generation: Option<&str>, record: Option<&str>) -> StoredRec
             None
         }
     });
-    StoredRecord { generation, record }
+    StoredRecord {
+        generation,
+        record,
+        failure: None,
+    }
 }
 
 #[cfg(test)]
@@ -400,6 +436,22 @@ mod tests {
         assert!(store.is_locked(connection).await.unwrap());
         store.release(connection, "c").await.unwrap();
         assert!(!store.is_locked(connection).await.unwrap());
+
+        // A recorded failure is read back, and cleared by the next successful write.
+        store
+            .record_failure(connection, "the token endpoint failed")
+            .await
+            .unwrap();
+        let failed = store.read(connection).await.unwrap();
+        assert_eq!(
+            failed.failure.as_ref().unwrap().1,
+            "the token endpoint failed"
+        );
+        assert!(store
+            .monotonic_write(connection, 3, &record())
+            .await
+            .unwrap());
+        assert_eq!(store.read(connection).await.unwrap().failure, None);
 
         // Claims are single use.
         assert!(store
