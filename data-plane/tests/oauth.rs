@@ -1081,3 +1081,29 @@ async fn a_transient_failure_is_shared_by_every_plane() {
     assert_eq!(provider.token_requests(), 2);
     planes.stop().await;
 }
+
+#[tokio::test]
+async fn unknown_connections_fail_closed() {
+    let key = OpeningKey::generate();
+    let provider = Provider::start().await;
+    let env = Uuid::new_v4();
+    let mut snapshot = environment(&key, &provider, env, OAuthGrant::ClientCredentials);
+    let ghost = SnapshotBuilder::new(env, 1)
+        .function(
+            "ghost",
+            "GET",
+            &provider.url("/api"),
+            &[("authorization", "Bearer {{oauth.ghost}}")],
+            None,
+            5000,
+        )
+        .build();
+    snapshot.functions.extend(ghost.functions);
+    let plane = TestPlane::start(&key, vec![snapshot]).await;
+    let (status, code, message) =
+        gateway_error(plane.invoke("ghost", Some(API_KEY), "").await).await;
+    assert_eq!((status, code.as_str()), (500, "oauth_connection_missing"));
+    assert!(message.contains("`ghost`"), "{message}");
+    assert_eq!(provider.state.api_calls.load(Ordering::SeqCst), 0);
+    plane.shutdown().await;
+}
