@@ -152,6 +152,20 @@ impl EventEmitter {
         }
     }
 
+    /// Queue an OAuth connection report (new sealed tokens, a completed authorization, a
+    /// failure), or drop it (counted) if the queue is full. Never waits. The control plane
+    /// also learns about newer tokens from the next report, and data planes share them in
+    /// Redis meanwhile.
+    pub(crate) fn report_oauth(&self, report: airlock_shared::oauth::OAuthConnectionReport) {
+        let Some(queue) = &self.queue else {
+            self.counters.discarded.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if queue.try_send(report.into()).is_err() {
+            self.counters.count_drop("queue full (oauth report)");
+        }
+    }
+
     /// Events lost so far (queue full or sink gone).
     pub(crate) fn dropped(&self) -> u64 {
         self.counters.dropped.load(Ordering::Relaxed)

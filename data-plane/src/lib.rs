@@ -15,6 +15,7 @@
 
 pub mod config;
 mod events;
+mod oauth;
 mod proxy;
 pub mod scope;
 pub mod snapshot;
@@ -226,12 +227,21 @@ pub fn spawn(config: DataPlaneConfig) -> anyhow::Result<DataPlaneHandle> {
     let ca_bundle = tls::upstream_ca_bundle(upstream_ca_file.as_deref())?;
     client_options.ca_file = ca_bundle.as_ref().map(tls::CaBundle::path);
 
-    let store = Arc::new(SnapshotStore::new(opening_keys));
+    let token_store = match &source {
+        ConfigSource::Redis { url, names } => Some(oauth::store::RedisTokenStore::new(
+            redis::Client::open(url.as_str()).context("invalid Redis URL")?,
+            names.clone(),
+        )),
+        ConfigSource::InProcess(_) => None,
+    };
+    let token_http = oauth::endpoint::http_client(upstream_ca_file.as_deref())?;
+    let store = Arc::new(SnapshotStore::new(opening_keys.clone()));
     let (emitter, event_delivery) = events::event_pipeline(events, EVENT_QUEUE_CAPACITY);
     let usage_reporter = event_delivery
         .as_ref()
         .map(|_| events::KeyUsageReporter::new(store.clone(), emitter.clone()));
-    let gateway_state = Arc::new(proxy::GatewayState::new(store.clone(), emitter));
+    let tokens = oauth::TokenManager::new(opening_keys, token_store, token_http, emitter.clone());
+    let gateway_state = Arc::new(proxy::GatewayState::new(store.clone(), emitter, tokens));
     let mut proxy_service =
         ProxyServiceBuilder::new(&Arc::new(conf), Gateway::new(gateway_state.clone()))
             .name("airlock data plane")
@@ -297,9 +307,10 @@ fn server_conf(threads: usize) -> ServerConf {
         // Pingora's own fixed grace sleep is not needed.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
-        // One retry at most, and only where error_while_proxy allows it (stale pooled
-        // connection, idempotent upstream method).
-        max_retries: 2,
+        // Up to two retries, each only where error_while_proxy allows it: one for a stale
+        // pooled connection (idempotent upstream method), one with a new OAuth token after
+        // the upstream refused one (401, see the proxy module docs).
+        max_retries: 3,
         ..ServerConf::default()
     }
 }

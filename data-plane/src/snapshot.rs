@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use airlock_shared::api_key::ApiKeyHash;
 use airlock_shared::events::KeyUse;
 use airlock_shared::hosts::HostPattern;
+use airlock_shared::oauth::PendingAuthorization;
 use airlock_shared::seal::{OpeningKeyring, SealedSecret, SecretIdentity, SecretValue};
 use airlock_shared::template::FunctionTemplate;
 use airlock_shared::wire::{ApiKeyGrant, EnvironmentSnapshot};
@@ -40,6 +41,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::oauth::CompiledOAuth;
 use crate::proxy::redact::{RedactionIndex, RequestRedaction};
 use crate::scope::KeyScope;
 
@@ -54,6 +56,9 @@ pub struct CompiledFunction {
     pub template: FunctionTemplate,
     /// Position in the environment: where scopes cache their decision about it.
     pub slot: usize,
+    /// The OAuth connections its templates inject (`{{oauth.NAME}}`), once each; empty for
+    /// most functions, which then do no OAuth work at all.
+    pub oauth_connections: Vec<String>,
 }
 
 /// One environment, compiled.
@@ -75,6 +80,9 @@ pub struct CompiledEnvironment {
     /// Latest use of each key, by grant index: Unix milliseconds, 0 when not used since the
     /// last collection.
     last_used: Box<[AtomicI64]>,
+    /// OAuth clients, connections and pending authorizations (tokens live in the
+    /// [`crate::oauth::TokenManager`], by connection id).
+    pub oauth: CompiledOAuth,
 }
 
 /// A secret of this environment: sealed, and opened the first time a request needs it.
@@ -129,21 +137,26 @@ impl CompiledEnvironment {
             functions: function_specs,
             secrets: sealed_secrets,
             api_keys,
-            // Not compiled yet: OAuth is served by the data plane's oauth module (issue 6).
-            oauth_clients: _,
-            oauth_connections: _,
-            oauth_authorizations: _,
+            oauth_clients,
+            oauth_connections,
+            oauth_authorizations,
         } = snapshot;
 
         let mut functions = HashMap::with_capacity(function_specs.len());
         for (name, spec) in function_specs {
             match FunctionTemplate::compile(&spec) {
                 Ok(template) => {
+                    let oauth_connections = template
+                        .oauth_connections()
+                        .into_iter()
+                        .map(str::to_string)
+                        .collect();
                     let function = CompiledFunction {
                         id: spec.id,
                         name: name.clone(),
                         template,
                         slot: functions.len(),
+                        oauth_connections,
                     };
                     functions.insert(name, Arc::new(function));
                 }
@@ -194,6 +207,7 @@ impl CompiledEnvironment {
             api_keys,
             scopes,
             last_used,
+            oauth: CompiledOAuth::compile(oauth_clients, oauth_connections, oauth_authorizations),
         }
     }
 
@@ -289,15 +303,22 @@ impl CompiledEnvironment {
         &self,
         names: impl IntoIterator<Item = &'n str>,
     ) -> RequestRedaction {
-        RequestRedaction::new(
-            names
-                .into_iter()
-                .filter_map(|name| {
-                    self.opened(name)
-                        .map(|(_, opened)| opened.redaction.clone())
-                })
-                .collect(),
-        )
+        RequestRedaction::new(self.secret_redactions(names))
+    }
+
+    /// The redaction indexes of the named secrets (see [`Self::request_redaction`]), for a
+    /// request that also injected other values (OAuth tokens).
+    pub fn secret_redactions<'n>(
+        &self,
+        names: impl IntoIterator<Item = &'n str>,
+    ) -> Vec<Arc<RedactionIndex>> {
+        names
+            .into_iter()
+            .filter_map(|name| {
+                self.opened(name)
+                    .map(|(_, opened)| opened.redaction.clone())
+            })
+            .collect()
     }
 
     /// The API keys of this environment.
@@ -348,6 +369,8 @@ impl KeyBinding {
 pub struct Snapshot {
     environments: HashMap<Uuid, Arc<CompiledEnvironment>>,
     keys: HashMap<ApiKeyHash, KeyBinding>,
+    /// Pending authorizations of every environment, by state hash: where a callback goes.
+    authorizations: HashMap<String, (Arc<CompiledEnvironment>, usize)>,
 }
 
 impl Snapshot {
@@ -361,6 +384,16 @@ impl Snapshot {
         self.environments.get(id)
     }
 
+    /// The pending authorization started with the state whose hash is `state_hash`, and its
+    /// environment.
+    pub fn authorization(
+        &self,
+        state_hash: &str,
+    ) -> Option<(&Arc<CompiledEnvironment>, &PendingAuthorization)> {
+        let (environment, index) = self.authorizations.get(state_hash)?;
+        Some((environment, environment.oauth.authorizations.get(*index)?))
+    }
+
     /// A new snapshot with `environment` replacing its previous version; every other
     /// environment is shared, not copied.
     fn with_environment(&self, environment: CompiledEnvironment) -> Self {
@@ -368,6 +401,7 @@ impl Snapshot {
         environments.insert(environment.environment_id, Arc::new(environment));
         Self {
             keys: index_keys(&environments),
+            authorizations: index_authorizations(&environments),
             environments,
         }
     }
@@ -404,6 +438,29 @@ fn index_keys(
         keys.remove(&hash);
     }
     keys
+}
+
+/// Index the pending authorizations of every environment by state hash. A hash found in two
+/// places cannot tell which flow a callback completes: both are left out (refused).
+fn index_authorizations(
+    environments: &HashMap<Uuid, Arc<CompiledEnvironment>>,
+) -> HashMap<String, (Arc<CompiledEnvironment>, usize)> {
+    let mut index: HashMap<String, (Arc<CompiledEnvironment>, usize)> = HashMap::new();
+    let mut ambiguous = Vec::new();
+    for environment in environments.values() {
+        for (i, authorization) in environment.oauth.authorizations.iter().enumerate() {
+            if index
+                .insert(authorization.state_hash.clone(), (environment.clone(), i))
+                .is_some()
+            {
+                ambiguous.push(authorization.state_hash.clone());
+            }
+        }
+    }
+    for hash in ambiguous {
+        index.remove(&hash);
+    }
+    index
 }
 
 /// What [`SnapshotStore::apply`] did with a snapshot.
@@ -815,6 +872,49 @@ mod tests {
         assert_eq!(store.apply(v3), ApplyOutcome::Applied);
         assert_eq!(host(&store).as_deref(), Some("v3.example.com"));
         assert_eq!(store.revision_of(&ENV_A), Some(3));
+    }
+
+    fn pending(state: &str, key: &OpeningKey) -> PendingAuthorization {
+        let id = Uuid::new_v4();
+        let name = airlock_shared::oauth::pkce_identity_name(id);
+        PendingAuthorization {
+            id,
+            connection: "crm".into(),
+            state_hash: airlock_shared::oauth::state_hash(state),
+            code_verifier: key.sealing_key().seal(identity(&name), "v").unwrap(),
+            redirect_uri: "http://127.0.0.1/v1/oauth/callback".into(),
+            expires_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn pending_authorizations_are_indexed_by_state_hash_across_environments() {
+        let key = OpeningKey::generate();
+        let store = SnapshotStore::new(key.clone().into());
+        let mut a = snapshot(ENV_A, 1);
+        a.oauth_authorizations = vec![pending("state-a", &key), pending("shared", &key)];
+        let mut b = snapshot(ENV_B, 1);
+        b.oauth_authorizations = vec![pending("state-b", &key), pending("shared", &key)];
+        store.apply(a);
+        store.apply(b);
+        let snap = store.load();
+        let hash = airlock_shared::oauth::state_hash;
+        let (env, found) = snap.authorization(&hash("state-a")).unwrap();
+        assert_eq!(env.environment_id, ENV_A);
+        assert_eq!(found.state_hash, hash("state-a"));
+        assert_eq!(
+            snap.authorization(&hash("state-b"))
+                .unwrap()
+                .0
+                .environment_id,
+            ENV_B
+        );
+        // Unknown, or ambiguous (which flow would it complete?): none.
+        assert!(snap.authorization(&hash("forged")).is_none());
+        assert!(snap.authorization(&hash("shared")).is_none());
+        // A new revision without it: gone.
+        store.apply(snapshot(ENV_A, 2));
+        assert!(store.load().authorization(&hash("state-a")).is_none());
     }
 
     #[test]

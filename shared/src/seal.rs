@@ -299,6 +299,12 @@ impl OpeningKeyring {
         &self.keys[0].sealing
     }
 
+    /// The keys held, in order (the first one seals). Data planes derive other keys from
+    /// them (OAuth handles).
+    pub fn keys(&self) -> impl Iterator<Item = &OpeningKey> {
+        self.keys.iter()
+    }
+
     /// Ids of the keys held, in order.
     pub fn key_ids(&self) -> impl Iterator<Item = &str> {
         self.keys.iter().map(|k| k.sealing.key_id())

@@ -1,6 +1,8 @@
 //! Every error the gateway answers itself, and the one place that turns it into a response.
 
 use airlock_shared::template::RenderError;
+
+use crate::oauth::OAuthError;
 use airlock_shared::wire::{GatewayErrorBody, GatewayErrorDetail};
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
@@ -43,6 +45,14 @@ pub enum GatewayError {
     UpstreamTimeout { timeout_ms: u64 },
     #[error("the upstream's response was refused: {0}")]
     UpstreamResponseRejected(String),
+    #[error(
+        "the access token of OAuth connection `{connection}` may not be sent to host `{host}`"
+    )]
+    OAuthHostDenied { connection: String, host: String },
+    #[error(transparent)]
+    OAuth(OAuthError),
+    #[error("OAuth connection `{0}` does not exist in this environment")]
+    OAuthConnectionNotFound(String),
     #[error("the data plane has not loaded its configuration yet")]
     NotReady,
     #[error("internal error")]
@@ -56,7 +66,13 @@ impl GatewayError {
             Self::NotFound | Self::FunctionNotFound(_) => 404,
             Self::MethodNotAllowed => 405,
             Self::Unauthorized => 401,
-            Self::Forbidden(_) | Self::SecretHostDenied { .. } => 403,
+            Self::Forbidden(_) | Self::SecretHostDenied { .. } | Self::OAuthHostDenied { .. } => {
+                403
+            }
+            Self::OAuthConnectionNotFound(_) => 404,
+            Self::OAuth(OAuthError::ConnectionMissing(_)) => 500,
+            Self::OAuth(OAuthError::NotConnected(_)) => 409,
+            Self::OAuth(OAuthError::Broken { .. } | OAuthError::Unavailable { .. }) => 502,
             Self::PayloadTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => 413,
             Self::InvalidJson(_) | Self::BadRequest(_) => 400,
             Self::Render(RenderError::MissingArgument(_) | RenderError::InvalidArgument { .. }) => {
@@ -91,6 +107,12 @@ impl GatewayError {
             Self::Render(RenderError::InvalidOAuthHandle(_)) => "invalid_oauth_handle",
             Self::Render(RenderError::MissingOAuthToken(_)) => "oauth_token_unavailable",
             Self::SecretHostDenied { .. } => "secret_host_denied",
+            Self::OAuthHostDenied { .. } => "oauth_host_denied",
+            Self::OAuthConnectionNotFound(_) => "oauth_connection_not_found",
+            Self::OAuth(OAuthError::ConnectionMissing(_)) => "oauth_connection_missing",
+            Self::OAuth(OAuthError::NotConnected(_)) => "oauth_not_connected",
+            Self::OAuth(OAuthError::Broken { .. }) => "oauth_connection_broken",
+            Self::OAuth(OAuthError::Unavailable { .. }) => "oauth_token_unavailable",
             Self::UpstreamUnreachable(_) => "upstream_unreachable",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamResponseRejected(_) => "upstream_response_rejected",
@@ -259,6 +281,45 @@ mod tests {
                 504,
                 "upstream_timeout",
             ),
+            (
+                GatewayError::OAuthHostDenied {
+                    connection: "crm".into(),
+                    host: "h".into(),
+                },
+                403,
+                "oauth_host_denied",
+            ),
+            (
+                GatewayError::OAuth(OAuthError::ConnectionMissing("crm".into())),
+                500,
+                "oauth_connection_missing",
+            ),
+            (
+                GatewayError::OAuth(OAuthError::NotConnected("crm".into())),
+                409,
+                "oauth_not_connected",
+            ),
+            (
+                GatewayError::OAuth(OAuthError::Broken {
+                    connection: "crm".into(),
+                    error: "invalid_grant".into(),
+                }),
+                502,
+                "oauth_connection_broken",
+            ),
+            (
+                GatewayError::OAuth(OAuthError::Unavailable {
+                    connection: "crm".into(),
+                    reason: "r".into(),
+                }),
+                502,
+                "oauth_token_unavailable",
+            ),
+            (
+                GatewayError::Render(RenderError::InvalidOAuthHandle("a".into())),
+                400,
+                "invalid_oauth_handle",
+            ),
         ];
         for (error, status, code) in cases {
             assert_eq!(error.status(), status, "{error:?}");
@@ -276,6 +337,18 @@ mod tests {
             error.to_string(),
             "secret `TOKEN` may not be sent to host `evil.example`"
         );
+    }
+
+    #[test]
+    fn broken_connection_message_says_to_reconnect() {
+        let error = GatewayError::OAuth(OAuthError::Broken {
+            connection: "crm".into(),
+            error: "invalid_grant: grant revoked".into(),
+        });
+        let message = error.to_string();
+        assert!(message.contains("`crm`"), "{message}");
+        assert!(message.contains("invalid_grant"), "{message}");
+        assert!(message.contains("reconnected"), "{message}");
     }
 
     #[test]

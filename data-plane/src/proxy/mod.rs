@@ -28,6 +28,27 @@
 //! the rendered body (also on a retry). The upstream head carries the rendered body's
 //! `content-length`. Chunked request bodies have no known end, so they are limited to what
 //! the retry buffer holds.
+//!
+//! ## OAuth tokens, and one retry when the upstream refuses one
+//!
+//! A function whose templates name `{{oauth.NAME}}`, or an invocation whose arguments hold
+//! `{"$oauth": HANDLE}`, gets its tokens from the [`crate::oauth::TokenManager`] before
+//! rendering (lock-free when they are valid); others do no OAuth work at all.
+//!
+//! When the upstream answers 401 to a request that injected a token, the token may have been
+//! revoked or rotated before its announced expiry. Pingora 0.9.1 retries a request when an
+//! error raised while proxying has `retry` set (`proxy_to_upstream` in a loop bounded by
+//! `max_retries`), and an error returned by `upstream_response_filter` is raised before
+//! anything of the response reaches the client (`h1_response_filter` runs the upstream filter
+//! first; the head is written later). So on such a 401, `upstream_response_filter` marks the
+//! context and fails with a retryable error; `error_while_proxy` keeps `retry` set (the 401
+//! connection is dropped, not reused); Pingora calls `upstream_peer` again, which replaces
+//! the rejected tokens ([`crate::oauth::TokenManager::replace_rejected`]: a refresh only if
+//! the rejected generation is still the current one, so 200 simultaneous 401s cause one
+//! refresh) and renders the request again; the rendered body is replayed from the retry
+//! buffer as on any retry. This happens once per invocation, whatever the method: a 401
+//! means the upstream did not act on the request. If no new token can be had, the client gets
+//! the gateway's OAuth error (the upstream's 401 is gone by then).
 
 mod auth;
 pub mod error;
@@ -41,6 +62,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use airlock_shared::hosts::is_allowed;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
@@ -52,12 +74,14 @@ use uuid::Uuid;
 
 use self::error::{json_response_header, GatewayError, REQUEST_ID_HEADER};
 use self::redact::{BodyRedactor, RequestRedaction};
-use self::render::Invocation;
+use self::render::{Invocation, OAuthValues};
 use self::report::RequestReport;
 use self::route::Route;
 use self::upstream::Resolver;
 use crate::events::EventEmitter;
-use crate::snapshot::SnapshotStore;
+use crate::oauth::handle::{HandleClaims, HANDLE_TTL_SECONDS};
+use crate::oauth::TokenManager;
+use crate::snapshot::{CompiledEnvironment, CompiledFunction, KeyBinding, SnapshotStore};
 
 /// Largest accepted invoke body.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -89,16 +113,22 @@ const DROPPED_RESPONSE_HEADERS: &[&str] = &[
 pub(crate) struct GatewayState {
     pub(crate) store: Arc<SnapshotStore>,
     pub(crate) events: EventEmitter,
+    pub(crate) tokens: TokenManager,
     resolver: Resolver,
     in_flight: AtomicUsize,
     draining: AtomicBool,
 }
 
 impl GatewayState {
-    pub(crate) fn new(store: Arc<SnapshotStore>, events: EventEmitter) -> Self {
+    pub(crate) fn new(
+        store: Arc<SnapshotStore>,
+        events: EventEmitter,
+        tokens: TokenManager,
+    ) -> Self {
         Self {
             store,
             events,
+            tokens,
             resolver: Resolver::default(),
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
@@ -159,6 +189,10 @@ pub struct RequestCtx {
     upstream_status: Option<u16>,
     /// A gateway error raised inside a Pingora hook, answered as is by `fail_to_proxy`.
     failure: Option<GatewayError>,
+    /// What an invocation that injected OAuth tokens needs to render again (401 retry).
+    oauth: Option<Box<OAuthInvocation>>,
+    /// Whether a stale pooled connection was already retried.
+    stale_retried: bool,
     /// The gateway error answered, for the access log and events.
     error: Option<GatewayError>,
 }
@@ -177,6 +211,18 @@ impl RequestCtx {
             })
             .max(Duration::from_millis(1))
     }
+}
+
+/// An invocation that injected OAuth tokens: enough to render it again with new ones.
+struct OAuthInvocation {
+    environment: Arc<CompiledEnvironment>,
+    function: Arc<CompiledFunction>,
+    args: serde_json::Map<String, serde_json::Value>,
+    values: OAuthValues,
+    /// The upstream refused the token (401): replace it before the retry.
+    retry_pending: bool,
+    /// The one retry has been used.
+    retried: bool,
 }
 
 /// The data plane's proxy logic.
@@ -207,6 +253,21 @@ impl Gateway {
                 return Ok(true);
             }
             Route::Ready => return Err(GatewayError::NotReady),
+            Route::OAuthCallback => {
+                let query = session.req_header().uri.query().unwrap_or("").to_string();
+                let snapshot = self.state.store.load();
+                let page = self
+                    .state
+                    .tokens
+                    .callback(&snapshot, &query, &ctx.request_id)
+                    .await;
+                respond_page(session, ctx, page.status, page.body).await;
+                return Ok(true);
+            }
+            Route::OAuthHandle { connection } => {
+                self.issue_handle(session, ctx, &connection).await?;
+                return Ok(true);
+            }
             Route::Invoke { function } => function,
         };
         ctx.function = Some(function.clone());
@@ -227,15 +288,210 @@ impl Gateway {
 
         let body = read_invoke_body(session).await?;
         let args = render::parse_arguments(&body)?;
-        let invocation = render::render(compiled, environment, &args)?;
-        if !invocation.secrets.is_empty() {
-            ctx.redaction =
-                Some(environment.request_redaction(invocation.secrets.iter().map(String::as_str)));
-        }
+        // Only a function naming a connection, or an object argument (a possible handle),
+        // pays for OAuth.
+        let invocation = if compiled.oauth_connections.is_empty()
+            && !args.values().any(serde_json::Value::is_object)
+        {
+            let invocation = render::render(compiled, environment, &args)?;
+            if !invocation.secrets.is_empty() {
+                ctx.redaction = Some(
+                    environment.request_redaction(invocation.secrets.iter().map(String::as_str)),
+                );
+            }
+            invocation
+        } else {
+            let values = self.fetch_tokens(&binding, compiled, &args).await?;
+            let invocation =
+                render::render_with_oauth(compiled, environment, &args, Some(&values))?;
+            if !invocation.secrets.is_empty() || !invocation.oauth.is_empty() {
+                ctx.redaction = Some(oauth_redaction(environment, &invocation, &values, None));
+            }
+            if !invocation.oauth.is_empty() {
+                ctx.oauth = Some(Box::new(OAuthInvocation {
+                    environment: environment.clone(),
+                    function: compiled.clone(),
+                    args,
+                    values,
+                    retry_pending: false,
+                    retried: false,
+                }));
+            }
+            invocation
+        };
         ctx.deadline = Some(Instant::now() + invocation.timeout);
         ctx.invocation = Some(invocation);
         Ok(false)
     }
+
+    /// The tokens an invocation needs: of the connections its templates name, and of the
+    /// handles among its arguments that verify (for this environment and this API key).
+    async fn fetch_tokens(
+        &self,
+        binding: &KeyBinding,
+        function: &CompiledFunction,
+        args: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<OAuthValues, GatewayError> {
+        let environment = &binding.environment;
+        let key_id = binding.grant().id;
+        let now = chrono::Utc::now();
+        let mut values = OAuthValues::default();
+        for handle in function.template.oauth_handles(args) {
+            let connection = self
+                .state
+                .tokens
+                .handles()
+                .verify(handle, now)
+                .filter(|claims| {
+                    claims.environment_id == environment.environment_id
+                        && claims.api_key_id == key_id
+                })
+                .and_then(|claims| environment.oauth.connection_name(&claims.connection_id));
+            // An unverified handle is left out: rendering refuses it (invalid_oauth_handle).
+            if let Some(connection) = connection {
+                values
+                    .handles
+                    .push((handle.to_string(), connection.to_string()));
+            }
+        }
+        let mut names: Vec<&str> = function
+            .oauth_connections
+            .iter()
+            .map(String::as_str)
+            .collect();
+        for (_, connection) in &values.handles {
+            if !names.contains(&connection.as_str()) {
+                names.push(connection);
+            }
+        }
+        // Host binding before anything else: a token that may not go to this host is not
+        // even fetched (rendering checks again what was actually injected).
+        for name in &names {
+            if let Some(client) = environment.oauth.client_of(name) {
+                if !is_allowed(&client.allowed_hosts, &function.template.host) {
+                    return Err(GatewayError::OAuthHostDenied {
+                        connection: name.to_string(),
+                        host: function.template.host.clone(),
+                    });
+                }
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(function.template.timeout_ms.max(1));
+        let mut tokens = Vec::with_capacity(names.len());
+        for name in names {
+            let live = self
+                .state
+                .tokens
+                .access_token(environment, name, deadline)
+                .await
+                .map_err(GatewayError::OAuth)?;
+            tokens.push((name.to_string(), live));
+        }
+        values.tokens = tokens;
+        Ok(values)
+    }
+
+    /// `POST /v1/oauth/connections/{name}/handle`: a handle for the caller's environment and
+    /// API key.
+    async fn issue_handle(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        connection: &str,
+    ) -> Result<(), GatewayError> {
+        let snapshot = self.state.store.load();
+        let binding = auth::authenticate(&snapshot, &session.req_header().headers)?;
+        let environment = &binding.environment;
+        ctx.key_id = Some(binding.grant().id);
+        ctx.tenant_id = Some(environment.tenant_id);
+        ctx.environment_id = Some(environment.environment_id);
+        let now = chrono::Utc::now();
+        auth::ensure_unexpired(&binding, now)?;
+        binding.record_use(now);
+        let (spec, _) = environment
+            .oauth
+            .connection(connection)
+            .ok_or_else(|| GatewayError::OAuthConnectionNotFound(connection.to_string()))?;
+        let expires_at = now + chrono::Duration::seconds(HANDLE_TTL_SECONDS);
+        let handle = self.state.tokens.handles().issue(&HandleClaims {
+            environment_id: environment.environment_id,
+            connection_id: spec.id,
+            api_key_id: binding.grant().id,
+            expires_at,
+        });
+        let body = serde_json::json!({
+            "handle": handle,
+            "connection": connection,
+            "expiresAt": expires_at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        });
+        let body = Bytes::from(serde_json::to_vec(&body).map_err(|_| GatewayError::Internal)?);
+        let written = async {
+            let header = json_response_header(200, &ctx.request_id, body.len())?;
+            session
+                .write_response_header(Box::new(header), false)
+                .await?;
+            session.write_response_body(Some(body), true).await
+        };
+        if let Err(error) = written.await {
+            tracing::debug!(request_id = %ctx.request_id, %error, "could not write response");
+        }
+        Ok(())
+    }
+
+    /// Before the retry of a request whose token the upstream refused: new tokens, rendered
+    /// again (see the module docs).
+    async fn replace_rejected_tokens(&self, ctx: &mut RequestCtx) -> Result<(), GatewayError> {
+        let deadline = ctx.deadline.unwrap_or_else(Instant::now);
+        let Some(oauth) = ctx.oauth.as_mut() else {
+            return Ok(());
+        };
+        oauth.retry_pending = false;
+        oauth.retried = true;
+        let mut replaced = Vec::with_capacity(oauth.values.tokens.len());
+        for (name, rejected) in &oauth.values.tokens {
+            let live = self
+                .state
+                .tokens
+                .replace_rejected(&oauth.environment, name, rejected.generation, deadline)
+                .await
+                .map_err(GatewayError::OAuth)?;
+            replaced.push((name.clone(), live));
+        }
+        let previous = std::mem::replace(&mut oauth.values.tokens, replaced);
+        let invocation = render::render_with_oauth(
+            &oauth.function,
+            &oauth.environment,
+            &oauth.args,
+            Some(&oauth.values),
+        )?;
+        // Redact the old tokens too: the upstream may echo what it saw earlier.
+        ctx.redaction = Some(oauth_redaction(
+            &oauth.environment,
+            &invocation,
+            &oauth.values,
+            Some(&previous),
+        ));
+        ctx.invocation = Some(invocation);
+        Ok(())
+    }
+}
+
+/// The redaction of a request that injected secrets and OAuth tokens (and, after a 401
+/// retry, the tokens it replaced).
+fn oauth_redaction(
+    environment: &CompiledEnvironment,
+    invocation: &Invocation,
+    values: &OAuthValues,
+    previous: Option<&[(String, Arc<crate::oauth::LiveTokens>)]>,
+) -> RequestRedaction {
+    let mut indexes = environment.secret_redactions(invocation.secrets.iter().map(String::as_str));
+    let used = |name: &String| invocation.oauth.contains(name);
+    for (name, live) in values.tokens.iter().chain(previous.into_iter().flatten()) {
+        if used(name) {
+            indexes.push(live.redaction.clone());
+        }
+    }
+    RequestRedaction::new(indexes)
 }
 
 /// Read the whole invoke body (see the module docs for why the retry buffer is armed).
@@ -347,6 +603,32 @@ async fn respond_json(session: &mut Session, ctx: &RequestCtx, status: u16, body
     }
 }
 
+/// Write a small HTML page (the OAuth callback's answer). Nothing in it comes from the
+/// request.
+async fn respond_page(session: &mut Session, ctx: &RequestCtx, status: u16, body: String) {
+    let body = Bytes::from(body);
+    let written = async {
+        let mut header = ResponseHeader::build(status, Some(8))?;
+        header.insert_header(header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+        header.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+        header.insert_header(header::CACHE_CONTROL, "no-store")?;
+        header.insert_header(
+            "content-security-policy",
+            "default-src 'none'; style-src 'unsafe-inline'",
+        )?;
+        header.insert_header("referrer-policy", "no-referrer")?;
+        header.insert_header("x-frame-options", "DENY")?;
+        header.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
+        session
+            .write_response_header(Box::new(header), false)
+            .await?;
+        session.write_response_body(Some(body), true).await
+    };
+    if let Err(error) = written.await {
+        tracing::debug!(request_id = %ctx.request_id, %error, "could not write response");
+    }
+}
+
 /// Write `error` as the response (the one place gateway errors become HTTP).
 async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &GatewayError) {
     ctx.error = Some(error.clone());
@@ -414,6 +696,8 @@ impl ProxyHttp for Gateway {
             deadline: None,
             upstream_status: None,
             failure: None,
+            oauth: None,
+            stale_retried: false,
             error: None,
         }
     }
@@ -437,6 +721,12 @@ impl ProxyHttp for Gateway {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<Box<HttpPeer>> {
+        if ctx.oauth.as_ref().is_some_and(|oauth| oauth.retry_pending) {
+            if let Err(error) = self.replace_rejected_tokens(ctx).await {
+                ctx.failure = Some(error);
+                return Err(internal("no replacement for the refused OAuth token"));
+            }
+        }
         let remaining = ctx.remaining();
         let invocation = ctx
             .invocation
@@ -526,6 +816,20 @@ impl ProxyHttp for Gateway {
                 redact::redact_headers(upstream_response, redaction);
             }
             return Ok(());
+        }
+        if upstream_response.status == http::StatusCode::UNAUTHORIZED {
+            let in_time = ctx
+                .deadline
+                .is_some_and(|deadline| Instant::now() < deadline);
+            if let Some(oauth) = ctx.oauth.as_mut().filter(|o| !o.retried && in_time) {
+                // Retried with a new token (module docs); nothing of this response is sent.
+                oauth.retry_pending = true;
+                return Err(Error::explain(
+                    ErrorType::Custom("oauth_token_refused"),
+                    "the upstream refused the OAuth access token",
+                )
+                .into_up());
+            }
         }
         ctx.upstream_status = Some(upstream_response.status.as_u16());
         // Headers the upstream nominated as hop-by-hop go too.
@@ -646,6 +950,11 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
+        if ctx.oauth.as_ref().is_some_and(|oauth| oauth.retry_pending) {
+            // The upstream refused the token: retry once with a new one (module docs).
+            e.set_retry(true);
+            return e;
+        }
         // Pingora's default policy looks at the downstream method (always POST here). What
         // matters is the upstream method: a stale pooled connection may be retried only when
         // repeating the upstream request is harmless, and only within the deadline.
@@ -656,8 +965,9 @@ impl ProxyHttp for Gateway {
         let in_time = ctx
             .deadline
             .is_some_and(|deadline| Instant::now() < deadline);
-        if idempotent && in_time && ctx.failure.is_none() {
+        if idempotent && in_time && ctx.failure.is_none() && !ctx.stale_retried {
             e.retry.decide_reuse(client_reused);
+            ctx.stale_retried = e.retry();
         } else {
             e.set_retry(false);
         }
@@ -709,6 +1019,7 @@ impl ProxyHttp for Gateway {
             .or_else(|| ctx.error.as_ref().map(GatewayError::status))
             .unwrap_or(0);
         let no_secrets: &[String] = &[];
+        let sent = ctx.sent_upstream;
         let report = RequestReport {
             request_id: &ctx.request_id,
             tenant_id: ctx.tenant_id,
@@ -717,7 +1028,11 @@ impl ProxyHttp for Gateway {
             api_key_id: ctx.key_id,
             upstream_host: ctx.upstream_host.as_deref(),
             secrets_sent: match &ctx.invocation {
-                Some(invocation) if ctx.sent_upstream => &invocation.secrets,
+                Some(invocation) if sent => &invocation.secrets,
+                _ => no_secrets,
+            },
+            oauth_sent: match &ctx.invocation {
+                Some(invocation) if sent => &invocation.oauth,
                 _ => no_secrets,
             },
             upstream_status: ctx.upstream_status,

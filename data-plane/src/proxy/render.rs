@@ -2,18 +2,22 @@
 //!
 //! Host binding (security invariant 3): every secret injected into the rendered request, from
 //! a template or from a `{"$secret": NAME}` argument, must be bound to the request's
-//! destination host. Otherwise the invocation is refused before anything is sent.
+//! destination host; so must every OAuth access token (`{{oauth.NAME}}` or a `{"$oauth":
+//! HANDLE}` argument), by its client's `allowed_hosts`. Otherwise the invocation is refused
+//! before anything is sent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_shared::hosts::is_allowed;
-use airlock_shared::template::{RenderError, Scheme};
+use airlock_shared::template::{RenderError, RenderValues, Scheme};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
 use serde_json::{Map, Value};
 
 use super::error::GatewayError;
 use super::redact::decodable_accept_encoding;
+use crate::oauth::LiveTokens;
 use crate::snapshot::{CompiledEnvironment, CompiledFunction};
 
 /// The request to send upstream, fully rendered. Header values and the body may hold secret
@@ -31,6 +35,8 @@ pub struct Invocation {
     pub timeout: Duration,
     /// Names of the secrets injected, once each.
     pub secrets: Vec<String>,
+    /// Names of the OAuth connections whose access tokens were injected, once each.
+    pub oauth: Vec<String>,
 }
 
 impl std::fmt::Debug for Invocation {
@@ -46,6 +52,7 @@ impl std::fmt::Debug for Invocation {
             )
             .field("body_len", &self.body.as_ref().map(Bytes::len))
             .field("secrets", &self.secrets)
+            .field("oauth", &self.oauth)
             .finish_non_exhaustive()
     }
 }
@@ -63,6 +70,46 @@ pub fn parse_arguments(body: &[u8]) -> Result<Map<String, Value>, GatewayError> 
     }
 }
 
+/// The OAuth tokens obtained for one invocation, and the handles among its arguments that
+/// were verified (handle, connection name).
+#[derive(Debug, Default)]
+pub struct OAuthValues {
+    pub tokens: Vec<(String, Arc<LiveTokens>)>,
+    pub handles: Vec<(String, String)>,
+}
+
+impl OAuthValues {
+    fn token(&self, connection: &str) -> Option<&LiveTokens> {
+        self.tokens
+            .iter()
+            .find(|(name, _)| name == connection)
+            .map(|(_, tokens)| &**tokens)
+    }
+}
+
+/// What rendering reads: the environment's secrets, and the tokens fetched for this request.
+struct EnvironmentValues<'s> {
+    environment: &'s CompiledEnvironment,
+    oauth: Option<&'s OAuthValues>,
+}
+
+impl<'s> RenderValues<'s> for EnvironmentValues<'s> {
+    fn secret(&self, name: &str) -> Option<&'s str> {
+        self.environment.secret(name)
+    }
+
+    fn oauth_token(&self, connection: &str) -> Option<&'s str> {
+        self.oauth?.token(connection).map(LiveTokens::access_token)
+    }
+
+    fn oauth_handle(&self, handle: &str) -> Option<(&'s str, &'s str)> {
+        let oauth = self.oauth?;
+        let (_, connection) = oauth.handles.iter().find(|(h, _)| h == handle)?;
+        let token = oauth.token(connection)?.access_token();
+        Some((connection.as_str(), token))
+    }
+}
+
 /// Render `function` with `args` and the environment's secrets. A missing secret fails the
 /// invocation: a request is never sent without one. So does a secret not bound to the
 /// function's host.
@@ -71,9 +118,21 @@ pub fn render(
     environment: &CompiledEnvironment,
     args: &Map<String, Value>,
 ) -> Result<Invocation, GatewayError> {
+    render_with_oauth(function, environment, args, None)
+}
+
+/// [`render`], with the OAuth tokens fetched for this request; each connection used must be
+/// allowed to send its token to the function's host.
+pub fn render_with_oauth(
+    function: &CompiledFunction,
+    environment: &CompiledEnvironment,
+    args: &Map<String, Value>,
+    oauth: Option<&OAuthValues>,
+) -> Result<Invocation, GatewayError> {
+    let values = EnvironmentValues { environment, oauth };
     let rendered = function
         .template
-        .render(args, |name| environment.secret(name))
+        .render_with(args, &values)
         .map_err(|error| match error {
             RenderError::MissingSecret(name) if environment.is_unopened(&name) => {
                 GatewayError::SecretNotOpened(name)
@@ -89,6 +148,19 @@ pub fn render(
             });
         }
     }
+    for connection in &rendered.oauth_used {
+        let allowed = environment
+            .oauth
+            .client_of(connection)
+            .map(|client| client.allowed_hosts.as_slice())
+            .unwrap_or_default();
+        if !is_allowed(allowed, &rendered.host) {
+            return Err(GatewayError::OAuthHostDenied {
+                connection: connection.clone(),
+                host: rendered.host.clone(),
+            });
+        }
+    }
 
     // The template already refused control characters; these conversions only fail on a
     // template/http disagreement, which is a bug, not the caller's fault.
@@ -99,7 +171,7 @@ pub fn render(
     let method = Method::from_bytes(rendered.method.as_bytes()).map_err(|_| internal("method"))?;
     let authority =
         HeaderValue::from_str(&rendered.authority).map_err(|_| internal("authority"))?;
-    let redacting = !rendered.secrets_used.is_empty();
+    let redacting = !rendered.secrets_used.is_empty() || !rendered.oauth_used.is_empty();
     let mut headers = Vec::with_capacity(rendered.headers.len());
     for (name, value) in rendered.headers {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| internal("header name"))?;
@@ -125,6 +197,7 @@ pub fn render(
         body: rendered.body.map(Bytes::from),
         timeout: Duration::from_millis(function.template.timeout_ms.max(1)),
         secrets: rendered.secrets_used,
+        oauth: rendered.oauth_used,
     })
 }
 

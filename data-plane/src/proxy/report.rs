@@ -26,6 +26,8 @@ pub struct RequestReport<'a> {
     pub upstream_host: Option<&'a str>,
     /// Secrets injected into a request that was handed to the upstream connection.
     pub secrets_sent: &'a [String],
+    /// OAuth connections whose tokens were injected into a request handed upstream.
+    pub oauth_sent: &'a [String],
     /// Status the upstream answered with, if it did.
     pub upstream_status: Option<u16>,
     /// The gateway error answered, if any.
@@ -38,15 +40,22 @@ impl RequestReport<'_> {
     /// The events to emit, in order.
     pub fn events(&self) -> Vec<GatewayEvent> {
         let mut events = Vec::new();
-        if !self.secrets_sent.is_empty() {
-            let names = self.secrets_sent.join("`, `");
+        if !self.secrets_sent.is_empty() || !self.oauth_sent.is_empty() {
+            let host = self.upstream_host.unwrap_or("-");
+            let mut sent = Vec::new();
+            if !self.secrets_sent.is_empty() {
+                sent.push(format!("secrets `{}`", self.secrets_sent.join("`, `")));
+            }
+            if !self.oauth_sent.is_empty() {
+                sent.push(format!(
+                    "OAuth tokens of `{}`",
+                    self.oauth_sent.join("`, `")
+                ));
+            }
             events.push(self.event(
                 EventKind::SecretUsed,
                 self.secrets_sent.to_vec(),
-                format!(
-                    "secrets `{names}` sent to `{}`",
-                    self.upstream_host.unwrap_or("-")
-                ),
+                format!("{} sent to `{host}`", sent.join(" and ")),
             ));
         }
         if let Some(error) = self.error {
@@ -78,8 +87,11 @@ impl RequestReport<'_> {
                 "request body is not a JSON object of arguments".to_string(),
             ),
             GatewayError::Render(
-                RenderError::MissingArgument(_) | RenderError::InvalidArgument { .. },
+                RenderError::MissingArgument(_)
+                | RenderError::InvalidArgument { .. }
+                | RenderError::InvalidOAuthHandle(_),
             )
+            | GatewayError::OAuthConnectionNotFound(_)
             | GatewayError::PayloadTooLarge { .. }
             | GatewayError::ChunkedBodyTooLarge { .. } => {
                 (EventKind::RequestInvalid, error.to_string())
@@ -90,8 +102,19 @@ impl RequestReport<'_> {
 
     fn event(&self, kind: EventKind, secrets: Vec<String>, message: String) -> GatewayEvent {
         let host_of_error = match self.error {
-            Some(GatewayError::SecretHostDenied { host, .. }) => Some(host.as_str()),
+            Some(
+                GatewayError::SecretHostDenied { host, .. }
+                | GatewayError::OAuthHostDenied { host, .. },
+            ) => Some(host.as_str()),
             _ => None,
+        };
+        let oauth_connection = match self.error {
+            Some(GatewayError::OAuthHostDenied { connection, .. }) => Some(connection.as_str()),
+            Some(GatewayError::OAuth(error)) => Some(error.connection()),
+            Some(GatewayError::Render(RenderError::MissingOAuthToken(connection))) => {
+                Some(connection.as_str())
+            }
+            _ => self.oauth_sent.first().map(String::as_str),
         };
         GatewayEvent {
             id: Uuid::now_v7(),
@@ -106,7 +129,7 @@ impl RequestReport<'_> {
             upstream_host: host_of_error.or(self.upstream_host).map(str::to_string),
             status: self.status,
             message,
-            oauth_connection: None,
+            oauth_connection: oauth_connection.map(str::to_string),
         }
     }
 }
@@ -123,6 +146,10 @@ fn failure_kind(error: &GatewayError) -> Option<(EventKind, Vec<String>)> {
         | GatewayError::SecretNotOpened(name) => (EventKind::SecretUnavailable, vec![name.clone()]),
         GatewayError::SecretHostDenied { secret, .. } => {
             (EventKind::SecretHostDenied, vec![secret.clone()])
+        }
+        GatewayError::OAuthHostDenied { .. } => (EventKind::SecretHostDenied, Vec::new()),
+        GatewayError::OAuth(_) | GatewayError::Render(RenderError::MissingOAuthToken(_)) => {
+            (EventKind::SecretUnavailable, Vec::new())
         }
         GatewayError::UpstreamUnreachable(_) => (EventKind::UpstreamUnreachable, Vec::new()),
         GatewayError::UpstreamTimeout { .. } => (EventKind::UpstreamTimeout, Vec::new()),

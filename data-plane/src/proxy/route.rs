@@ -1,5 +1,6 @@
 //! Which endpoint a request is for.
 
+use airlock_shared::oauth::{CALLBACK_PATH, HANDLE_PATH_PREFIX};
 use http::Method;
 
 use super::error::GatewayError;
@@ -13,6 +14,10 @@ pub enum Route {
     Health,
     /// `GET /readyz`: the first config sync has completed.
     Ready,
+    /// `GET /v1/oauth/callback`: a provider redirects a browser here (no API key).
+    OAuthCallback,
+    /// `POST /v1/oauth/connections/{name}/handle`: issue a handle (API key).
+    OAuthHandle { connection: String },
 }
 
 const INVOKE_PREFIX: &str = "/v1/functions/";
@@ -30,7 +35,20 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
     match path {
         "/healthz" => return probe(Route::Health),
         "/readyz" => return probe(Route::Ready),
+        CALLBACK_PATH => return probe(Route::OAuthCallback),
         _ => {}
+    }
+    if let Some(connection) = path
+        .strip_prefix(HANDLE_PATH_PREFIX)
+        .and_then(|rest| rest.strip_suffix("/handle"))
+        .filter(|name| !name.is_empty() && !name.contains('/'))
+    {
+        if method != Method::POST {
+            return Err(GatewayError::MethodNotAllowed);
+        }
+        return Ok(Route::OAuthHandle {
+            connection: connection.to_string(),
+        });
     }
     let function = path
         .strip_prefix(INVOKE_PREFIX)
@@ -69,6 +87,38 @@ mod tests {
             "/v1/functions/a",
             "/v2/functions/a/invoke",
             "/",
+        ] {
+            assert_eq!(
+                route(&Method::POST, path),
+                Err(GatewayError::NotFound),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn oauth_paths() {
+        assert_eq!(
+            route(&Method::GET, "/v1/oauth/callback"),
+            Ok(Route::OAuthCallback)
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/oauth/callback"),
+            Err(GatewayError::MethodNotAllowed)
+        );
+        assert_eq!(
+            route(&Method::POST, "/v1/oauth/connections/crm/handle"),
+            Ok(Route::OAuthHandle {
+                connection: "crm".into()
+            })
+        );
+        assert_eq!(
+            route(&Method::GET, "/v1/oauth/connections/crm/handle"),
+            Err(GatewayError::MethodNotAllowed)
+        );
+        for path in [
+            "/v1/oauth/connections//handle",
+            "/v1/oauth/connections/a/b/handle",
         ] {
             assert_eq!(
                 route(&Method::POST, path),

@@ -107,6 +107,7 @@ mod tests {
             body: None,
             timeout: Duration::from_secs(1),
             secrets: vec![],
+            oauth: vec![],
         }
     }
 
