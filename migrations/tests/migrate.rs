@@ -16,6 +16,9 @@ const TABLES: &[&str] = &[
     "events",
     "audit_log",
     "provisioning_links",
+    "oauth_clients",
+    "oauth_connections",
+    "oauth_authorizations",
 ];
 
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
