@@ -383,17 +383,16 @@ pub async fn update_client(
         .one(&txn)
         .await?
         .ok_or_else(|| not_found("OAuth client", client_id))?;
-    if checked.name != current.name {
-        if client_by_name(&txn, environment.id, &checked.name)
+    // A rename is safe for connections: snapshots name their client by name, rebuilt on publish.
+    if checked.name != current.name
+        && client_by_name(&txn, environment.id, &checked.name)
             .await?
             .is_some()
-        {
-            return Err(AppError::AlreadyExists {
-                kind: "OAuth client",
-                name: checked.name,
-            });
-        }
-        // Snapshots name a connection's client by name: fine, they are rebuilt on publish.
+    {
+        return Err(AppError::AlreadyExists {
+            kind: "OAuth client",
+            name: checked.name,
+        });
     }
     let at = now();
     let mut active = client_columns(&checked, at)?;
