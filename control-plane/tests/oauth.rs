@@ -992,6 +992,51 @@ async fn reports_store_newer_tokens_and_follow_the_status(mut app: TestApp) {
     assert_eq!(state["status"], "BROKEN");
     assert_eq!(state["tokenGeneration"], 2);
 
+    // Reconnecting a broken connection: it stays broken, with its tokens, until the callback.
+    app.take_snapshots();
+    let client = state["client"]["id"].clone();
+    let again = app
+        .ok(
+            &start_mutation(),
+            json!({ "e": env, "c": client, "n": "octocat" }),
+        )
+        .await["startOAuthConnection"]
+        .clone();
+    assert_eq!(again["connection"]["status"], "BROKEN");
+    assert_eq!(again["connection"]["tokenGeneration"], 2);
+    let snapshot = last_snapshot(&mut app);
+    assert_eq!(
+        snapshot.oauth_connections["octocat"].status,
+        ConnectionStatus::Broken
+    );
+    assert_eq!(snapshot.oauth_authorizations.len(), 1);
+    let mut reconnected = report(&flow, ConnectionStatus::Connected);
+    reconnected.authorization_id = Some(again["id"].as_str().unwrap().parse().unwrap());
+    reconnected.tokens = Some(sealed_tokens(
+        &key,
+        flow.tenant,
+        flow.environment,
+        flow.connection,
+        3,
+        "at-3",
+        "rt-3",
+    ));
+    let outcome = airlock_control_plane::domain::oauth::reports::apply(&app.db.db, &reconnected)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(outcome.republish && outcome.tokens_stored);
+    let state = connection_state(&app, &env, "octocat").await;
+    assert_eq!(state["status"], "CONNECTED");
+    assert_eq!(state["tokenGeneration"], 3);
+    assert_eq!(state["lastError"], Value::Null);
+    // Applying it again changes nothing.
+    let outcome = airlock_control_plane::domain::oauth::reports::apply(&app.db.db, &reconnected)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!outcome.republish && !outcome.tokens_stored);
+
     let audited: Vec<(String, String)> = app
         .audit_rows()
         .await
@@ -1012,6 +1057,10 @@ async fn reports_store_newer_tokens_and_follow_the_status(mut app: TestApp) {
                 "octocat".to_string()
             ),
             ("oauth_connection.broken".to_string(), "octocat".to_string()),
+            (
+                "oauth_connection.connected".to_string(),
+                "octocat".to_string()
+            ),
         ]
     );
 }
