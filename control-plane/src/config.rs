@@ -59,6 +59,11 @@ pub struct ControlArgs {
     /// the provisioning links it hands out; default: `http://` + the request's `Host`.
     #[arg(long, env = "AIRLOCK_PUBLIC_URL")]
     pub public_url: Option<String>,
+    /// Base URL browsers reach the data planes at (`https://gateway.example.com`): OAuth
+    /// redirect URIs default to it + `/v1/oauth/callback`. Default in `airlock dev`: the dev
+    /// data plane's address.
+    #[arg(long, env = "AIRLOCK_DATA_PLANE_URL")]
+    pub data_plane_url: Option<String>,
     #[command(flatten)]
     pub oidc: OidcArgs,
 }
@@ -179,6 +184,8 @@ pub struct ControlConfig {
     pub database_url: Option<String>,
     /// Validated public base URL (no trailing slash); `None`: from each request's `Host`.
     pub public_url: Option<String>,
+    /// Validated data-plane base URL (no trailing slash), for OAuth redirect URIs.
+    pub data_plane_url: Option<String>,
     /// OpenID Connect sign-in and bearer JWTs; `None`: admin tokens only.
     pub oidc: Option<OidcConfig>,
 }
@@ -383,9 +390,26 @@ fn check_database_url(url: Option<String>) -> Result<Option<String>, ConfigError
 /// `http(s)://host[:port][/path]`, without query, fragment or credentials; returned without
 /// a trailing slash.
 fn check_public_url(url: &str) -> Result<String, ConfigError> {
+    check_base_url(
+        "AIRLOCK_PUBLIC_URL / --public-url",
+        "https://airlock.example.com",
+        url,
+    )
+}
+
+/// [`check_public_url`] for `AIRLOCK_DATA_PLANE_URL`.
+fn check_data_plane_url(url: &str) -> Result<String, ConfigError> {
+    check_base_url(
+        "AIRLOCK_DATA_PLANE_URL / --data-plane-url",
+        "https://gateway.example.com",
+        url,
+    )
+}
+
+fn check_base_url(setting: &str, example: &str, url: &str) -> Result<String, ConfigError> {
     let bad = || {
         config_error(format!(
-            "AIRLOCK_PUBLIC_URL / --public-url: `{url}` is not an http(s) base URL (like https://airlock.example.com)"
+            "{setting}: `{url}` is not an http(s) base URL (like {example})"
         ))
     };
     let uri: axum::http::Uri = url.trim().parse().map_err(|_| bad())?;
@@ -412,12 +436,16 @@ fn control_config(args: ControlArgs) -> Result<ControlConfig, ConfigError> {
     let public_url = non_empty(args.public_url)
         .map(|url| check_public_url(&url))
         .transpose()?;
+    let data_plane_url = non_empty(args.data_plane_url)
+        .map(|url| check_data_plane_url(&url))
+        .transpose()?;
     let oidc = oidc_config(args.oidc, public_url.as_deref(), args.control_addr)?;
     Ok(ControlConfig {
         data_dir: args.data_dir,
         control_addr: args.control_addr,
         database_url,
         public_url,
+        data_plane_url,
         oidc,
     })
 }
@@ -675,6 +703,30 @@ mod tests {
         ] {
             let error = parse(&["dev", "--public-url", bad]).err().unwrap();
             assert!(error.contains("AIRLOCK_PUBLIC_URL"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn data_plane_url_is_validated_and_normalised() {
+        let Ok(Config::Dev(dev)) = parse(&["dev", "--data-plane-url", "https://gw.example.com/"])
+        else {
+            panic!("dev config expected");
+        };
+        assert_eq!(
+            dev.control.data_plane_url.as_deref(),
+            Some("https://gw.example.com")
+        );
+        let Ok(Config::Dev(dev)) = parse(&["dev"]) else {
+            panic!("dev config expected");
+        };
+        assert_eq!(dev.control.data_plane_url, None);
+        for bad in [
+            "gw.example.com",
+            "https://u:p@gw.example.com",
+            "https://gw.example.com/#x",
+        ] {
+            let error = parse(&["dev", "--data-plane-url", bad]).err().unwrap();
+            assert!(error.contains("AIRLOCK_DATA_PLANE_URL"), "{bad}: {error}");
         }
     }
 

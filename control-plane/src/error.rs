@@ -42,6 +42,15 @@ pub enum AppError {
     /// An id that names nothing (or nothing visible to the caller).
     #[error("{kind} `{id}` not found")]
     NotFound { kind: &'static str, id: String },
+    /// An OAuth client that connections still use cannot be deleted.
+    #[error("OAuth client `{name}` is used by {connections} connection(s): delete them first")]
+    OAuthClientInUse { name: String, connections: u64 },
+    /// The provider's metadata could not be fetched or does not fit the configured issuer.
+    #[error("OAuth discovery failed: {reason}")]
+    OAuthDiscoveryFailed { reason: String },
+    /// The client lacks what an authorization-code flow needs (authorize URL, redirect URI).
+    #[error("{0}")]
+    OAuthClientIncomplete(String),
     /// A function definition failed template checks; carries the template error's own code.
     #[error(transparent)]
     Template(#[from] TemplateError),
@@ -83,6 +92,9 @@ impl AppError {
             Self::InvalidInput { .. } => "INVALID_INPUT",
             Self::AlreadyExists { .. } => "ALREADY_EXISTS",
             Self::NotFound { .. } => "NOT_FOUND",
+            Self::OAuthClientInUse { .. } => "OAUTH_CLIENT_IN_USE",
+            Self::OAuthDiscoveryFailed { .. } => "OAUTH_DISCOVERY_FAILED",
+            Self::OAuthClientIncomplete(_) => "OAUTH_CLIENT_INCOMPLETE",
             Self::Template(e) => e.code(),
             Self::Internal(_) => "INTERNAL",
         }
@@ -96,7 +108,9 @@ impl AppError {
             Self::GetNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::InvalidInput { .. } | Self::Template(_) => StatusCode::BAD_REQUEST,
-            Self::AlreadyExists { .. } => StatusCode::CONFLICT,
+            Self::AlreadyExists { .. } | Self::OAuthClientInUse { .. } => StatusCode::CONFLICT,
+            Self::OAuthDiscoveryFailed { .. } => StatusCode::BAD_GATEWAY,
+            Self::OAuthClientIncomplete(_) => StatusCode::BAD_REQUEST,
             Self::NotFound { .. } => StatusCode::NOT_FOUND,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -91,18 +91,14 @@ async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
     let token = bootstrap_admin_token(&db, data_dir).await?;
 
     let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
-    let state = AppState {
-        publisher: ConfigPublisher::new(db.clone(), InProcessTransport::new(sender)),
-        sealing_key: opening_key.sealing_key().clone(),
-        db: db.clone(),
-        public_url: config.control.public_url.clone(),
-        authz: load_authz(&db).await?,
-        oidc: start_oidc(&config.control).await?,
-    };
+    let publisher = ConfigPublisher::new(db.clone(), InProcessTransport::new(sender));
+    let sealing_key = opening_key.sealing_key().clone();
+    let authz = load_authz(&db).await?;
+    let oidc = start_oidc(&config.control).await?;
     let listener = bind(config.control.control_addr).await?;
     // The data plane reports events over a channel; they are stored like those from Redis.
     let (events_sender, events) = InProcessEvents::channel();
-    let ingester = EventIngester::start(db.clone(), events);
+    let ingester = EventIngester::start_with_publisher(db.clone(), events, publisher.clone());
     let data_plane = dev::start_data_plane(
         config.data_addr,
         opening_key,
@@ -111,6 +107,21 @@ async fn run_dev(config: DevConfig) -> anyhow::Result<()> {
         airlock_data_plane::EventSink::InProcess(events_sender),
     )
     .await?;
+    // OAuth redirect URIs point at the dev data plane unless told otherwise.
+    let data_plane_url = config
+        .control
+        .data_plane_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", data_plane.listen_addr()));
+    let state = AppState {
+        publisher,
+        sealing_key,
+        db: db.clone(),
+        public_url: config.control.public_url.clone(),
+        data_plane_url: Some(data_plane_url),
+        authz,
+        oidc,
+    };
     // Each publish returns once the data plane has applied it, so everything is live before
     // the ready lines below are printed.
     let environments = state.publisher.publish_all().await?;
@@ -144,6 +155,7 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         sealing_key: config.sealing_key.clone(),
         db: db.clone(),
         public_url: config.control.public_url.clone(),
+        data_plane_url: config.control.data_plane_url.clone(),
         authz: load_authz(&db).await?,
         oidc: start_oidc(&config.control).await?,
     };
@@ -158,7 +170,7 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
         config.redis_names.clone(),
     ))
     .context("cannot read events from Redis (REDIS_URL)")?;
-    let ingester = EventIngester::start(db.clone(), events);
+    let ingester = EventIngester::start_with_publisher(db.clone(), events, state.publisher.clone());
 
     let listener = bind(config.control.control_addr).await?;
     let shutdown = shutdown_signal()?;

@@ -19,6 +19,10 @@ pub struct AppState {
     /// Base URL for links this control plane hands out (`AIRLOCK_PUBLIC_URL`); `None`: built
     /// from each request's `Host`.
     pub public_url: Option<String>,
+    /// Base URL people's browsers reach a data plane at (`AIRLOCK_DATA_PLANE_URL`; in
+    /// `airlock dev` the dev data plane's): OAuth redirect URIs default to it +
+    /// [`airlock_shared::oauth::CALLBACK_PATH`]. `None`: each OAuth client needs its own.
+    pub data_plane_url: Option<String>,
     /// Access-control decisions (role assignments loaded from `db`).
     pub authz: Authz,
     /// OpenID Connect sign-in and bearer JWTs; `None`: admin tokens only.

@@ -43,6 +43,14 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("provisioningLinks", &["owner", "admin"]),
     ("events", &["owner", "admin", "developer"]),
     ("roleAssignments", &["owner", "admin"]),
+    (
+        "oauthClients",
+        &["owner", "admin", "developer", "provisioner", "viewer"],
+    ),
+    (
+        "oauthConnections",
+        &["owner", "admin", "developer", "provisioner", "viewer"],
+    ),
     ("createTenant", &[]),
     ("createEnvironment", &["owner", "admin"]),
     ("createFunction", &["owner", "admin", "developer"]),
@@ -58,6 +66,13 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("grantRole", &["owner", "admin"]),
     ("grantOwner", &["owner"]),
     ("revokeRole", &["owner", "admin"]),
+    ("createOAuthClient", &["owner", "admin"]),
+    ("updateOAuthClient", &["owner", "admin"]),
+    ("deleteOAuthClient", &["owner", "admin"]),
+    // Connecting an account is provisioning credentials.
+    ("createOAuthConnection", &["owner", "admin", "provisioner"]),
+    ("startOAuthConnection", &["owner", "admin", "provisioner"]),
+    ("deleteOAuthConnection", &["owner", "admin"]),
     // About the caller itself: any authenticated caller, with a role or without.
     (
         "me",
@@ -75,7 +90,13 @@ struct Fixture {
     link: String,
     assignment: String,
     api_key: String,
+    /// An OAuth client no connection uses (so deleting it is allowed).
+    oauth_client: String,
+    /// A connection, of another client.
+    oauth_connection: String,
 }
+
+const CREATE_OAUTH_CLIENT: &str = "mutation($e: ID!, $n: String!) { createOAuthClient(input: {environmentId: $e, name: $n, tokenUrl: \"https://idp.example.com/token\", authorizeUrl: \"https://idp.example.com/authorize\", redirectUri: \"https://gw.example.com/v1/oauth/callback\", clientId: \"c\", clientSecret: \"C_SECRET\", allowedHosts: [\"api.example.com\"]}) { id } }";
 
 impl Fixture {
     /// Create the resources in `tenant`/`environment`, as the superadmin.
@@ -113,6 +134,24 @@ impl Fixture {
             .as_str()
             .unwrap()
             .to_string();
+        let oauth_client = |name: String| async move {
+            app.ok(CREATE_OAUTH_CLIENT, json!({ "e": environment, "n": name }))
+                .await["createOAuthClient"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        let used_client = oauth_client(format!("c_{}", Uuid::new_v4().simple())).await;
+        let free_client = oauth_client(format!("c_{}", Uuid::new_v4().simple())).await;
+        let oauth_connection = app
+            .ok(
+                "mutation($c: ID!, $n: String!) { createOAuthConnection(input: {clientId: $c, name: $n}) { id } }",
+                json!({ "c": used_client, "n": format!("conn_{}", Uuid::new_v4().simple()) }),
+            )
+            .await["createOAuthConnection"]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
         Fixture {
             tenant: tenant.to_string(),
             environment: environment.to_string(),
@@ -120,6 +159,8 @@ impl Fixture {
             link,
             assignment,
             api_key,
+            oauth_client: free_client,
+            oauth_connection,
         }
     }
 
@@ -133,10 +174,12 @@ impl Fixture {
             link: id(),
             assignment: id(),
             api_key: id(),
+            oauth_client: id(),
+            oauth_connection: id(),
         }
     }
 
-    fn ids(&self) -> [&str; 6] {
+    fn ids(&self) -> [&str; 8] {
         [
             &self.tenant,
             &self.environment,
@@ -144,6 +187,8 @@ impl Fixture {
             &self.link,
             &self.assignment,
             &self.api_key,
+            &self.oauth_client,
+            &self.oauth_connection,
         ]
     }
 }
@@ -254,6 +299,38 @@ fn operation(name: &str, f: &Fixture) -> (&'static str, Value) {
             json!({ "a": f.assignment }),
         ),
         "me" => ("{ me { kind principal roles { role } } }", json!({})),
+        "oauthClients" => (
+            "query($e: ID!) { oauthClients(environmentId: $e) { id name } }",
+            json!({ "e": f.environment }),
+        ),
+        "oauthConnections" => (
+            "query($e: ID!) { oauthConnections(environmentId: $e) { id name status } }",
+            json!({ "e": f.environment }),
+        ),
+        "createOAuthClient" => (
+            CREATE_OAUTH_CLIENT,
+            json!({ "e": f.environment, "n": format!("c_{unique}") }),
+        ),
+        "updateOAuthClient" => (
+            "mutation($c: ID!) { updateOAuthClient(input: {id: $c, scopes: [\"read\"]}) { id } }",
+            json!({ "c": f.oauth_client }),
+        ),
+        "deleteOAuthClient" => (
+            "mutation($c: ID!) { deleteOAuthClient(input: {id: $c}) }",
+            json!({ "c": f.oauth_client }),
+        ),
+        "createOAuthConnection" => (
+            "mutation($c: ID!, $n: String!) { createOAuthConnection(input: {clientId: $c, name: $n}) { id } }",
+            json!({ "c": f.oauth_client, "n": format!("conn_{unique}") }),
+        ),
+        "startOAuthConnection" => (
+            "mutation($e: ID!, $c: ID!, $n: String!) { startOAuthConnection(input: {environmentId: $e, clientId: $c, connection: $n}) { authorizeUrl expiresAt } }",
+            json!({ "e": f.environment, "c": f.oauth_client, "n": format!("conn_{unique}") }),
+        ),
+        "deleteOAuthConnection" => (
+            "mutation($c: ID!) { deleteOAuthConnection(input: {id: $c}) }",
+            json!({ "c": f.oauth_connection }),
+        ),
         other => panic!("no operation {other}"),
     }
 }

@@ -276,6 +276,7 @@ async fn graphql_requests_act_as_their_admin_token_and_links_use_the_host() {
     );
     let configured = airlock_control_plane::state::AppState {
         public_url: Some("https://vault.example.com/airlock".into()),
+        data_plane_url: None,
         ..app.state.clone()
     };
     let link = run(configured, Some("airlock.internal:8080"), create_link).await;

@@ -117,6 +117,7 @@ async fn mutations_are_published_through_redis() {
         sealing_key: opening_key.sealing_key().clone(),
         publisher: ConfigPublisher::new(db.db.clone(), transport),
         public_url: None,
+        data_plane_url: None,
         authz: Authz::load(db.db.clone()).await.unwrap(),
         oidc: None,
     };
@@ -232,6 +233,7 @@ async fn a_failed_publish_does_not_fail_the_mutation_and_is_retried() {
         sealing_key: OpeningKey::generate().sealing_key().clone(),
         publisher: ConfigPublisher::new(db.db.clone(), transport),
         public_url: None,
+        data_plane_url: None,
         authz: Authz::load(db.db.clone()).await.unwrap(),
         oidc: None,
     };

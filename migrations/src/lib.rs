@@ -7,7 +7,9 @@
 //!
 //! Every id is a UUID and every timestamp is `timestamp with time zone` (text on SQLite).
 //! No table holds a secret value or an API key in plaintext: secrets are stored sealed
-//! (`secret_versions.sealed`), keys, admin tokens and session ids as SHA-256 hashes.
+//! (`secret_versions.sealed`), keys, admin tokens and session ids as SHA-256 hashes; OAuth tokens and PKCE verifiers
+//! sealed by/to the data planes (`oauth_connections.sealed_tokens`,
+//! `oauth_authorizations.code_verifier_sealed`), OAuth `state`s as SHA-256 hashes.
 
 pub use sea_orm_migration::prelude::*;
 
@@ -25,6 +27,8 @@ mod m20260411_000003_create_provisioning_links;
 mod m20261203_000001_create_users_and_roles;
 mod m20261203_000002_api_key_lifecycle;
 mod m20261203_000003_create_sessions;
+mod m20261204_000001_create_oauth;
+mod m20261204_000002_add_event_oauth_connection;
 
 /// Applies the Airlock schema: `Migrator::up(&db, None)`.
 pub struct Migrator;
@@ -47,6 +51,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000001_create_users_and_roles::Migration),
             Box::new(m20261203_000002_api_key_lifecycle::Migration),
             Box::new(m20261203_000003_create_sessions::Migration),
+            Box::new(m20261204_000001_create_oauth::Migration),
+            Box::new(m20261204_000002_add_event_oauth_connection::Migration),
         ]
     }
 }

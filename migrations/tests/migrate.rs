@@ -16,6 +16,9 @@ const TABLES: &[&str] = &[
     "events",
     "audit_log",
     "provisioning_links",
+    "oauth_clients",
+    "oauth_connections",
+    "oauth_authorizations",
 ];
 
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -75,6 +78,159 @@ async fn insert_event(db: &DatabaseConnection, id: Uuid, tenant: Uuid) -> Result
     db.execute(&stmt).await.map(|_| ())
 }
 
+/// An OAuth client row of `environment`.
+async fn insert_oauth_client(
+    db: &DatabaseConnection,
+    id: Uuid,
+    environment: Uuid,
+    name: &str,
+) -> Result<(), DbErr> {
+    let stmt = Query::insert()
+        .into_table("oauth_clients")
+        .columns([
+            "id",
+            "environment_id",
+            "name",
+            "token_url",
+            "client_id",
+            "auth_method",
+            "scopes",
+            "extra_token_params",
+            "allowed_hosts",
+            "refresh_skew_seconds",
+            "created_at",
+            "updated_at",
+        ])
+        .values_panic([
+            id.into(),
+            environment.into(),
+            name.into(),
+            "https://idp.example.com/token".into(),
+            "c".into(),
+            "none".into(),
+            "[]".into(),
+            "[]".into(),
+            "[]".into(),
+            60.into(),
+            Expr::current_timestamp(),
+            Expr::current_timestamp(),
+        ])
+        .to_owned();
+    db.execute(&stmt).await.map(|_| ())
+}
+
+async fn insert_oauth_connection(
+    db: &DatabaseConnection,
+    id: Uuid,
+    environment: Uuid,
+    client: Uuid,
+) -> Result<(), DbErr> {
+    let stmt = Query::insert()
+        .into_table("oauth_connections")
+        .columns([
+            "id",
+            "environment_id",
+            "client_id",
+            "name",
+            "grant",
+            "status",
+            "created_at",
+            "updated_at",
+        ])
+        .values_panic([
+            id.into(),
+            environment.into(),
+            client.into(),
+            format!("conn_{}", id.simple()).into(),
+            "authorization_code".into(),
+            "pending".into(),
+            Expr::current_timestamp(),
+            Expr::current_timestamp(),
+        ])
+        .to_owned();
+    db.execute(&stmt).await.map(|_| ())
+}
+
+async fn insert_oauth_authorization(
+    db: &DatabaseConnection,
+    environment: Uuid,
+    connection: Uuid,
+    state_hash: &str,
+) -> Result<(), DbErr> {
+    let stmt = Query::insert()
+        .into_table("oauth_authorizations")
+        .columns([
+            "id",
+            "environment_id",
+            "connection_id",
+            "state_hash",
+            "code_verifier_sealed",
+            "redirect_uri",
+            "expires_at",
+            "created_at",
+        ])
+        .values_panic([
+            Uuid::new_v4().into(),
+            environment.into(),
+            connection.into(),
+            state_hash.into(),
+            "{}".into(),
+            "https://gw.example.com/v1/oauth/callback".into(),
+            Expr::current_timestamp(),
+            Expr::current_timestamp(),
+        ])
+        .to_owned();
+    db.execute(&stmt).await.map(|_| ())
+}
+
+/// OAuth: names unique per environment, connections need their client, state hashes unique.
+async fn check_oauth_constraints(db: &DatabaseConnection, tenant: Uuid) {
+    let environment = Uuid::new_v4();
+    let stmt = Query::insert()
+        .into_table("environments")
+        .columns(["id", "tenant_id", "name", "created_at"])
+        .values_panic([
+            environment.into(),
+            tenant.into(),
+            "oauth".into(),
+            Expr::current_timestamp(),
+        ])
+        .to_owned();
+    db.execute(&stmt).await.unwrap();
+    let client = Uuid::new_v4();
+    insert_oauth_client(db, client, environment, "github")
+        .await
+        .unwrap();
+    let duplicate = insert_oauth_client(db, Uuid::new_v4(), environment, "github")
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        duplicate.sql_err(),
+        Some(SqlErr::UniqueConstraintViolation(_))
+    ));
+    let connection = Uuid::new_v4();
+    insert_oauth_connection(db, connection, environment, client)
+        .await
+        .unwrap();
+    let orphan = insert_oauth_connection(db, Uuid::new_v4(), environment, Uuid::new_v4())
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        orphan.sql_err(),
+        Some(SqlErr::ForeignKeyConstraintViolation(_))
+    ));
+    insert_oauth_authorization(db, environment, connection, "ab")
+        .await
+        .unwrap();
+    let replay = insert_oauth_authorization(db, environment, connection, "ab")
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        replay.sql_err(),
+        Some(SqlErr::UniqueConstraintViolation(_))
+    ));
+}
+
 async fn check_schema(db: &DatabaseConnection) {
     Migrator::up(db, None).await.expect("migrations apply");
     let manager = SchemaManager::new(db);
@@ -125,6 +281,8 @@ async fn check_schema(db: &DatabaseConnection) {
         again.sql_err(),
         Some(SqlErr::UniqueConstraintViolation(_))
     ));
+
+    check_oauth_constraints(db, tenant).await;
 
     Migrator::down(db, None)
         .await

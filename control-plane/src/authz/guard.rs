@@ -15,7 +15,10 @@ use uuid::Uuid;
 
 use super::{Authz, Caller, Permission, Scope};
 use crate::domain::not_found;
-use crate::entity::{api_key, environment, provisioning_link, role_assignment, secret, tenant};
+use crate::entity::{
+    api_key, environment, oauth_client, oauth_connection, provisioning_link, role_assignment,
+    secret, tenant,
+};
 use crate::error::{AppError, GraphqlResultExt};
 use crate::graphql::{parse_id, state};
 
@@ -30,6 +33,8 @@ pub enum Target {
     ApiKey(&'static str, ID),
     ProvisioningLink(&'static str, ID),
     RoleAssignment(&'static str, ID),
+    OAuthClient(&'static str, ID),
+    OAuthConnection(&'static str, ID),
     /// A list filter: the environment if given, else the tenant, else the platform.
     Filter {
         tenant: Option<ID>,
@@ -48,6 +53,16 @@ impl Target {
 
     pub fn secret(id: &ID) -> Target {
         Target::Secret("secretId", id.clone())
+    }
+
+    /// An OAuth client named by argument `field`.
+    pub fn oauth_client(field: &'static str, id: &ID) -> Target {
+        Target::OAuthClient(field, id.clone())
+    }
+
+    /// An OAuth connection named by argument `field`.
+    pub fn oauth_connection(field: &'static str, id: &ID) -> Target {
+        Target::OAuthConnection(field, id.clone())
     }
 
     /// Resolve to the tenant and environment the target belongs to; `NOT_FOUND` for an
@@ -82,6 +97,22 @@ impl Target {
                     .await?
                     .ok_or_else(|| not_found("provisioning link", id))?;
                 environment_scope(db, link.environment_id, "provisioning link").await
+            }
+            Target::OAuthClient(field, id) => {
+                let id = parse_id(field, id)?;
+                let client = oauth_client::Entity::find_by_id(id)
+                    .one(db)
+                    .await?
+                    .ok_or_else(|| not_found("OAuth client", id))?;
+                environment_scope(db, client.environment_id, "OAuth client").await
+            }
+            Target::OAuthConnection(field, id) => {
+                let id = parse_id(field, id)?;
+                let connection = oauth_connection::Entity::find_by_id(id)
+                    .one(db)
+                    .await?
+                    .ok_or_else(|| not_found("OAuth connection", id))?;
+                environment_scope(db, connection.environment_id, "OAuth connection").await
             }
             Target::RoleAssignment(field, id) => {
                 let id = parse_id(field, id)?;
@@ -134,6 +165,8 @@ impl Target {
             Target::ApiKey(_, id) => ("API key", id),
             Target::ProvisioningLink(_, id) => ("provisioning link", id),
             Target::RoleAssignment(_, id) => ("role assignment", id),
+            Target::OAuthClient(_, id) => ("OAuth client", id),
+            Target::OAuthConnection(_, id) => ("OAuth connection", id),
         };
         AppError::NotFound {
             kind,

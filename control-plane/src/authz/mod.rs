@@ -50,7 +50,7 @@ pub enum Role {
     Admin,
     /// Functions, API keys, reading events.
     Developer,
-    /// Sets and rotates secrets; reads secret metadata only.
+    /// Sets and rotates secrets, connects OAuth accounts; reads their metadata only.
     Provisioner,
     /// Reads non-secret configuration.
     Viewer,
@@ -171,6 +171,12 @@ pub enum Permission {
     ProvisioningWrite,
     RoleRead,
     RoleWrite,
+    /// Listing OAuth clients and connections (never a token).
+    OAuthRead,
+    /// Creating, changing and deleting OAuth clients; deleting connections.
+    OAuthWrite,
+    /// Connecting an account: creating a connection, starting an authorization-code flow.
+    OAuthConnect,
     /// Granting or revoking `owner`.
     OwnerRoleWrite,
 }
@@ -195,6 +201,9 @@ impl Permission {
             Permission::ProvisioningWrite => ("provisioning", "write"),
             Permission::RoleRead => ("role", "read"),
             Permission::RoleWrite => ("role", "write"),
+            Permission::OAuthRead => ("oauth", "read"),
+            Permission::OAuthWrite => ("oauth", "write"),
+            Permission::OAuthConnect => ("oauth", "connect"),
             Permission::OwnerRoleWrite => ("owner_role", "write"),
         }
     }

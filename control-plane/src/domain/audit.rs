@@ -136,6 +136,17 @@ pub mod actions {
     pub const USER_SIGN_IN: &str = "user.sign_in";
     pub const ADMIN_TOKEN_CREATE: &str = "admin_token.create";
     pub const ADMIN_TOKEN_REVOKE: &str = "admin_token.revoke";
+    pub const OAUTH_CLIENT_CREATE: &str = "oauth_client.create";
+    pub const OAUTH_CLIENT_UPDATE: &str = "oauth_client.update";
+    pub const OAUTH_CLIENT_DELETE: &str = "oauth_client.delete";
+    pub const OAUTH_CONNECTION_CREATE: &str = "oauth_connection.create";
+    /// An authorization-code flow started (`startOAuthConnection`).
+    pub const OAUTH_CONNECTION_START: &str = "oauth_connection.start";
+    pub const OAUTH_CONNECTION_DELETE: &str = "oauth_connection.delete";
+    /// A data plane reported that a connection holds tokens (after being pending or broken).
+    pub const OAUTH_CONNECTION_CONNECTED: &str = "oauth_connection.connected";
+    /// A data plane reported that the provider refused a connection's grant.
+    pub const OAUTH_CONNECTION_BROKEN: &str = "oauth_connection.broken";
 }
 
 /// Target type names.
@@ -149,6 +160,8 @@ pub mod targets {
     pub const ROLE_ASSIGNMENT: &str = "role_assignment";
     pub const ADMIN_TOKEN: &str = "admin_token";
     pub const USER: &str = "user";
+    pub const OAUTH_CLIENT: &str = "oauth_client";
+    pub const OAUTH_CONNECTION: &str = "oauth_connection";
 }
 
 /// One entry to record. Build it with [`AuditEntry::new`] and the setters, or as a literal.

@@ -149,6 +149,10 @@ async fn insert_one(db: &impl ConnectionTrait, event: &GatewayEvent) -> Result<b
             .map(|h| clean_text(h, MAX_NAME_LEN))),
         status: Set(i32::from(event.status)),
         message: Set(clean_text(&event.message, MAX_MESSAGE_LEN)),
+        oauth_connection: Set(event
+            .oauth_connection
+            .as_deref()
+            .map(|c| clean_text(c, MAX_NAME_LEN))),
     };
     let inserted = event::Entity::insert(row)
         .on_conflict(
@@ -355,7 +359,7 @@ fn from_row(row: event::Model) -> Result<GatewayEvent, AppError> {
         upstream_host: row.upstream_host,
         status,
         message: row.message,
-        oauth_connection: None,
+        oauth_connection: row.oauth_connection,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod environments;
 pub mod events;
 pub mod functions;
 pub mod names;
+pub mod oauth;
 pub mod provisioning;
 pub mod reseal;
 pub mod roles;

@@ -11,7 +11,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use super::{api_keys, functions, secrets};
+use super::{api_keys, functions, oauth, secrets};
 use crate::entity::{environment, secret, secret_version};
 use crate::error::AppError;
 
@@ -58,6 +58,7 @@ pub async fn build(
             expires_at: k.expires_at,
         })
         .collect();
+    let oauth = oauth::snapshot_parts(&txn, environment_id, super::now()).await?;
     txn.commit().await?;
 
     Ok(Some(EnvironmentSnapshot {
@@ -67,9 +68,9 @@ pub async fn build(
         functions,
         secrets,
         api_keys,
-        oauth_clients: Default::default(),
-        oauth_connections: Default::default(),
-        oauth_authorizations: Default::default(),
+        oauth_clients: oauth.clients,
+        oauth_connections: oauth.connections,
+        oauth_authorizations: oauth.authorizations,
     }))
 }
 

@@ -29,6 +29,9 @@ pub struct Model {
     pub status: i32,
     #[sea_orm(column_type = "Text")]
     pub message: String,
+    /// The OAuth connection the event is about, by name.
+    #[sea_orm(column_type = "Text", nullable)]
+    pub oauth_connection: Option<String>,
 }
 
 impl ActiveModelBehavior for ActiveModel {}

@@ -1,6 +1,7 @@
 //! Events from the data plane of `airlock dev`, over an in-process channel.
 
 use airlock_shared::events::{DataPlaneMessage, GatewayEvent, KeyUse};
+use airlock_shared::oauth::OAuthConnectionReport;
 use async_trait::async_trait;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
@@ -31,10 +32,10 @@ impl InProcessEvents {
     }
 
     /// Add what is already waiting to the batch, up to [`MAX_BATCH`] messages.
-    fn fill(&mut self, batch: &mut Vec<GatewayEvent>, key_usage: &mut Vec<KeyUse>) {
+    fn fill(&mut self, batch: &mut Batch) {
         for _ in 0..MAX_BATCH {
             match self.receiver.try_recv() {
-                Ok(message) => sort(message, batch, key_usage),
+                Ok(message) => batch.sort(message),
                 Err(_) => break,
             }
         }
@@ -46,14 +47,13 @@ impl EventSource for InProcessEvents {
     type Receipt = ();
 
     async fn receive(&mut self, stop: &mut StopSignal) -> Option<ReceivedEvents<()>> {
-        let mut events = Vec::new();
-        let mut key_usage = Vec::new();
+        let mut batch = Batch::default();
         if !self.closed {
             tokio::select! {
                 // Events already sent are stored even when shutdown has begun.
                 biased;
                 message = self.receiver.recv() => match message {
-                    Some(message) => sort(message, &mut events, &mut key_usage),
+                    Some(message) => batch.sort(message),
                     // Every sender is gone: nothing more can arrive.
                     None => return None,
                 },
@@ -64,14 +64,15 @@ impl EventSource for InProcessEvents {
                 }
             }
         }
-        self.fill(&mut events, &mut key_usage);
-        if events.is_empty() && key_usage.is_empty() {
+        self.fill(&mut batch);
+        if batch.events.is_empty() && batch.key_usage.is_empty() && batch.oauth.is_empty() {
             // Closed and drained.
             return None;
         }
         Some(ReceivedEvents {
-            events,
-            key_usage,
+            events: batch.events,
+            key_usage: batch.key_usage,
+            oauth: batch.oauth,
             receipt: (),
         })
     }
@@ -79,10 +80,20 @@ impl EventSource for InProcessEvents {
     async fn acknowledge(&mut self, _receipt: ()) {}
 }
 
-fn sort(message: DataPlaneMessage, events: &mut Vec<GatewayEvent>, key_usage: &mut Vec<KeyUse>) {
-    match message {
-        DataPlaneMessage::Event(event) => events.push(event),
-        DataPlaneMessage::KeyUsage(report) => key_usage.extend(report.uses),
-        DataPlaneMessage::OAuth(_) => {}
+/// Messages taken so far, by kind.
+#[derive(Default)]
+struct Batch {
+    events: Vec<GatewayEvent>,
+    key_usage: Vec<KeyUse>,
+    oauth: Vec<OAuthConnectionReport>,
+}
+
+impl Batch {
+    fn sort(&mut self, message: DataPlaneMessage) {
+        match message {
+            DataPlaneMessage::Event(event) => self.events.push(event),
+            DataPlaneMessage::KeyUsage(report) => self.key_usage.extend(report.uses),
+            DataPlaneMessage::OAuth(report) => self.oauth.push(report),
+        }
     }
 }

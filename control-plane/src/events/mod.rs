@@ -16,13 +16,22 @@
 //! they are not events and create no event row; the ingester moves `api_keys.last_used_at`
 //! forward with them ([`crate::domain::api_keys::record_uses`]), once, best effort (a report
 //! lost while the database is down is superseded by the next one a second later).
+//!
+//! It also carries OAuth connection reports ([`OAuthConnectionReport`]): new sealed tokens,
+//! completed authorizations and failures. The ingester applies them to the connection rows
+//! ([`crate::domain::oauth::reports::apply`], idempotent), retrying while the database is
+//! unreachable like events, and republishes an environment whose connection changed status or
+//! consumed an authorization (when it was started with a publisher).
 
 mod in_process;
 mod redis_stream;
 
 use std::time::Duration;
 
+use std::collections::BTreeSet;
+
 use airlock_shared::events::{GatewayEvent, KeyUse};
+use airlock_shared::oauth::OAuthConnectionReport;
 use async_trait::async_trait;
 use sea_orm::DatabaseConnection;
 use tokio::sync::watch;
@@ -30,6 +39,8 @@ use tokio::task::JoinHandle;
 
 use crate::domain::api_keys;
 use crate::domain::events::{self, StoreOutcome};
+use crate::domain::oauth::reports;
+use crate::publish::ConfigPublisher;
 
 pub use in_process::InProcessEvents;
 pub use redis_stream::{RedisEvents, RedisEventsConfig};
@@ -48,6 +59,8 @@ pub struct ReceivedEvents<R> {
     pub events: Vec<GatewayEvent>,
     /// Key uses reported in the same batch (not events).
     pub key_usage: Vec<KeyUse>,
+    /// OAuth connection reports of the same batch (not events).
+    pub oauth: Vec<OAuthConnectionReport>,
     pub receipt: R,
 }
 
@@ -107,6 +120,8 @@ pub struct IngestStats {
     pub unstored: usize,
     /// Key uses received in usage reports.
     pub key_uses: usize,
+    /// OAuth connection reports applied (including those for unknown connections, dropped).
+    pub oauth_reports: usize,
 }
 
 /// A running ingestion task.
@@ -116,10 +131,29 @@ pub struct EventIngester {
 }
 
 impl EventIngester {
-    /// Start storing events from `source` into `db`.
+    /// Start storing events from `source` into `db`. OAuth reports are applied without
+    /// republishing (see [`EventIngester::start_with_publisher`]).
     pub fn start<S: EventSource>(db: DatabaseConnection, source: S) -> Self {
+        Self::spawn(db, source, None)
+    }
+
+    /// Start storing events from `source` into `db`; environments whose OAuth connections a
+    /// report changed are republished through `publisher`.
+    pub fn start_with_publisher<S: EventSource>(
+        db: DatabaseConnection,
+        source: S,
+        publisher: ConfigPublisher,
+    ) -> Self {
+        Self::spawn(db, source, Some(publisher))
+    }
+
+    fn spawn<S: EventSource>(
+        db: DatabaseConnection,
+        source: S,
+        publisher: Option<ConfigPublisher>,
+    ) -> Self {
         let (stop, stop_signal) = watch::channel(false);
-        let task = tokio::spawn(run(db, source, StopSignal(stop_signal)));
+        let task = tokio::spawn(run(db, source, publisher, StopSignal(stop_signal)));
         Self { stop, task }
     }
 
@@ -139,10 +173,20 @@ impl EventIngester {
 async fn run<S: EventSource>(
     db: DatabaseConnection,
     mut source: S,
+    publisher: Option<ConfigPublisher>,
     mut stop: StopSignal,
 ) -> IngestStats {
     let mut stats = IngestStats::default();
     while let Some(received) = source.receive(&mut stop).await {
+        if !received.oauth.is_empty() {
+            stats.oauth_reports += received.oauth.len();
+            let changed = apply_oauth_reports(&db, &received.oauth, &mut stop).await;
+            if let Some(publisher) = &publisher {
+                for environment_id in changed {
+                    publisher.publish_environment(environment_id).await;
+                }
+            }
+        }
         if !received.key_usage.is_empty() {
             if let Err(error) = api_keys::record_uses(&db, &received.key_usage).await {
                 tracing::warn!(error = %error.detail(), keys = received.key_usage.len(), "could not record API key usage; the next report will");
@@ -208,6 +252,54 @@ async fn store_with_retry(
         stop.sleep(delay).await;
         delay = (delay * 2).min(MAX_STORE_RETRY_DELAY);
     }
+}
+
+/// Apply OAuth reports in order, each retried while the database is unreachable (a few times
+/// only once shutdown has begun). Returns the environments to republish.
+async fn apply_oauth_reports(
+    db: &DatabaseConnection,
+    batch: &[OAuthConnectionReport],
+    stop: &mut StopSignal,
+) -> BTreeSet<uuid::Uuid> {
+    let mut republish = BTreeSet::new();
+    for report in batch {
+        let mut delay = FIRST_STORE_RETRY_DELAY;
+        let mut attempts_after_stop = 0;
+        loop {
+            match reports::apply(db, report).await {
+                Ok(Some(outcome)) => {
+                    if outcome.republish {
+                        republish.insert(outcome.environment_id);
+                    }
+                    break;
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    // Ids only: a report's tokens are sealed, but are not logged either.
+                    let reachable = db.ping().await.is_ok();
+                    tracing::warn!(
+                        error = %error.detail(),
+                        connection_id = %report.connection_id,
+                        "could not apply an OAuth connection report"
+                    );
+                    if reachable {
+                        // The database refuses this report: retrying cannot help.
+                        break;
+                    }
+                    if stop.is_stopped() {
+                        attempts_after_stop += 1;
+                        if attempts_after_stop >= STORE_ATTEMPTS_AFTER_STOP {
+                            tracing::error!(connection_id = %report.connection_id, "shutting down while the database is unreachable: OAuth report not applied");
+                            break;
+                        }
+                    }
+                    stop.sleep(delay).await;
+                    delay = (delay * 2).min(MAX_STORE_RETRY_DELAY);
+                }
+            }
+        }
+    }
+    republish
 }
 
 /// Store each event in its own transaction. `None` if the database stopped answering

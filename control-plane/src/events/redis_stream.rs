@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use airlock_shared::events::{GatewayEvent, KeyUsageReport};
 use airlock_shared::keys::{RedisNames, EVENTS_GROUP};
+use airlock_shared::oauth::OAuthConnectionReport;
 use async_trait::async_trait;
 use redis::aio::MultiplexedConnection;
 use redis::streams::{
@@ -23,7 +24,7 @@ use tokio::time::Instant;
 
 use super::{EventSource, ReceivedEvents, StopSignal, MAX_BATCH};
 
-pub use airlock_shared::events::{EVENT_FIELD, KEY_USAGE_FIELD};
+pub use airlock_shared::events::{EVENT_FIELD, KEY_USAGE_FIELD, OAUTH_FIELD};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Allowed on top of the `BLOCK` time before a read counts as failed.
@@ -248,11 +249,13 @@ impl RedisEvents {
     fn parse(&self, entries: Vec<StreamId>) -> ReceivedEvents<StreamReceipt> {
         let mut events = Vec::with_capacity(entries.len());
         let mut key_usage = Vec::new();
+        let mut oauth = Vec::new();
         let mut ids = Vec::with_capacity(entries.len());
         for entry in entries {
             match parse_entry(&entry) {
                 Ok(StreamMessage::Event(event)) => events.push(*event),
                 Ok(StreamMessage::KeyUsage(report)) => key_usage.extend(report.uses),
+                Ok(StreamMessage::OAuth(report)) => oauth.push(*report),
                 // The reason names the problem, never the content (which could be anything).
                 Err(reason) => tracing::warn!(
                     stream = %self.stream,
@@ -266,6 +269,7 @@ impl RedisEvents {
         ReceivedEvents {
             events,
             key_usage,
+            oauth,
             receipt: StreamReceipt(ids),
         }
     }
@@ -283,12 +287,18 @@ fn is_unknown_command(error: &RedisError) -> bool {
 enum StreamMessage {
     Event(Box<GatewayEvent>),
     KeyUsage(KeyUsageReport),
+    OAuth(Box<OAuthConnectionReport>),
 }
 
-/// The event (or key usage report) in a stream entry, or why there is none.
+/// The event (or key usage report, or OAuth connection report) in a stream entry, or why
+/// there is none.
 fn parse_entry(entry: &StreamId) -> Result<StreamMessage, String> {
     if let Some(value) = entry.map.get(KEY_USAGE_FIELD) {
         return parse_field(KEY_USAGE_FIELD, "KeyUsageReport", value).map(StreamMessage::KeyUsage);
+    }
+    if let Some(value) = entry.map.get(OAUTH_FIELD) {
+        return parse_field(OAUTH_FIELD, "OAuthConnectionReport", value)
+            .map(|report| StreamMessage::OAuth(Box::new(report)));
     }
     let Some(value) = entry.map.get(EVENT_FIELD) else {
         return Err(format!("no `{EVENT_FIELD}` field"));
@@ -467,6 +477,30 @@ mod tests {
             parse_entry(&entry(&[(KEY_USAGE_FIELD, Value::BulkString(json))])),
             Ok(StreamMessage::KeyUsage(report))
         );
+
+        let report = OAuthConnectionReport {
+            tenant_id: uuid::Uuid::nil(),
+            environment_id: uuid::Uuid::nil(),
+            connection_id: uuid::Uuid::nil(),
+            connection: "github".into(),
+            authorization_id: None,
+            status: airlock_shared::oauth::ConnectionStatus::Broken,
+            tokens: None,
+            at: chrono::Utc::now(),
+            error: Some("invalid_grant".into()),
+        };
+        let json = serde_json::to_vec(&report).unwrap();
+        assert_eq!(
+            parse_entry(&entry(&[(OAUTH_FIELD, Value::BulkString(json))])),
+            Ok(StreamMessage::OAuth(Box::new(report)))
+        );
+        let reason = parse_entry(&entry(&[(
+            OAUTH_FIELD,
+            Value::BulkString(br#"{"accessToken":"canary-token-e92"}"#.to_vec()),
+        )]))
+        .unwrap_err();
+        assert!(reason.contains("not a OAuthConnectionReport"), "{reason}");
+        assert!(!reason.contains("canary"), "{reason}");
 
         assert!(
             parse_entry(&entry(&[("other", Value::BulkString(b"{}".to_vec()))]))

@@ -31,7 +31,8 @@ impl Event {
 
     /// Dotted kind: `secret.used`, `auth.denied`, `scope.denied`, `secret.unavailable`,
     /// `secret.host_denied`, `upstream.unreachable`, `upstream.timeout`, `upstream.error`,
-    /// `request.invalid`, `function.not_found`.
+    /// `request.invalid`, `function.not_found`, `oauth.refresh_failed`,
+    /// `oauth.callback_refused`, `oauth.connected`.
     async fn kind(&self) -> &'static str {
         self.0.kind.as_str()
     }
@@ -79,6 +80,11 @@ impl Event {
     async fn message(&self) -> &str {
         &self.0.message
     }
+
+    /// The OAuth connection involved, by name (OAuth events, and requests that used one).
+    async fn oauth_connection(&self) -> Option<&str> {
+        self.0.oauth_connection.as_deref()
+    }
 }
 
 /// Narrows `events`; every field set must match.
@@ -86,7 +92,7 @@ impl Event {
 pub struct EventFilter {
     pub tenant_id: Option<ID>,
     pub environment_id: Option<ID>,
-    /// Dotted kind, e.g. `secret.used`.
+    /// Dotted kind, e.g. `secret.used` or `oauth.refresh_failed`.
     pub kind: Option<String>,
     /// An `x-airlock-request-id`.
     pub request_id: Option<String>,

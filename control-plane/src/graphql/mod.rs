@@ -7,6 +7,7 @@ pub mod audit;
 pub mod environment;
 pub mod event;
 pub mod function;
+pub mod oauth;
 pub mod provisioning;
 pub mod role;
 pub mod secret;
@@ -45,6 +46,7 @@ pub struct QueryRoot(
     audit::AuditQuery,
     provisioning::ProvisioningQuery,
     event::EventQuery,
+    oauth::OAuthQuery,
     role::RoleQuery,
     admin_token::AdminTokenQuery,
     viewer::ViewerQuery,
@@ -60,6 +62,7 @@ pub struct MutationRoot(
     secret::SecretMutation,
     api_key::ApiKeyMutation,
     provisioning::ProvisioningMutation,
+    oauth::OAuthMutation,
     role::RoleMutation,
     admin_token::AdminTokenMutation,
 );

@@ -40,6 +40,9 @@ pub const TABLES: &[&str] = &[
     "role_assignments",
     "sessions",
     "login_attempts",
+    "oauth_clients",
+    "oauth_connections",
+    "oauth_authorizations",
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,6 +292,7 @@ impl TestApp {
             sealing_key: opening_key.sealing_key().clone(),
             publisher: ConfigPublisher::new(db.db.clone(), InProcessTransport::new(sender)),
             public_url: None,
+            data_plane_url: None,
             authz: Authz::load(db.db.clone()).await.unwrap(),
             oidc: None,
         };
