@@ -512,9 +512,11 @@ async fn authorization_code_refresh_rotation_and_invalid_grant() -> Result<()> {
     )
     .await?;
 
-    // Not connected yet: the invoke says so, and nothing goes upstream.
-    let (status, code, _) = error_of(airlock.invoke("as_alice", &env.key, json!({})).await?).await;
-    assert_eq!(code, "oauth_not_connected", "{status}");
+    // No such connection yet: the invoke fails closed and says which.
+    let (status, code, message) =
+        error_of(airlock.invoke("as_alice", &env.key, json!({})).await?).await;
+    assert_eq!((status, code.as_str()), (500, "oauth_connection_missing"));
+    assert!(message.contains("alice_crm"), "{message}");
 
     let started = airlock
         .graphql_ok(
@@ -542,6 +544,9 @@ async fn authorization_code_refresh_rotation_and_invalid_grant() -> Result<()> {
     assert_eq!(param("redirect_uri").as_deref(), Some(callback.as_str()));
     assert_eq!(param("client_id").as_deref(), Some("airlock-web"));
     let oauth_state = param("state").context("state")?;
+    // Started but not completed: the connection exists and says it is not connected.
+    let (status, code, _) = error_of(airlock.invoke("as_alice", &env.key, json!({})).await?).await;
+    assert_eq!((status, code.as_str()), (409, "oauth_not_connected"));
 
     idp.reset_token_requests().await?;
     let redirect = idp.login(&authorize_url, "alice").await?;
@@ -596,7 +601,27 @@ async fn authorization_code_refresh_rotation_and_invalid_grant() -> Result<()> {
         400,
         "forged state refused"
     );
-    events_until(&airlock, &env, "oauth.callback_refused", 2).await?;
+    // The states no longer match any pending authorization, so these events belong to no
+    // environment: the platform operator sees them.
+    let started = Instant::now();
+    loop {
+        let data = airlock
+            .graphql_ok(
+                "{ events(filter: {kind: \"oauth.callback_refused\"}, first: 50) { nodes { kind status message } } }",
+                json!({}),
+            )
+            .await?;
+        let refused = data["events"]["nodes"].as_array().unwrap();
+        if refused.len() >= 2 {
+            assert!(refused.iter().all(|e| e["status"] == 400), "{data}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "refusals not recorded: {data}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         idp.token_requests()
             .await?
