@@ -1,11 +1,15 @@
 //! The configuration the data plane serves during the benchmark: one environment with many
 //! keys, functions and secrets (the sizes the performance targets are stated for), sealed to
-//! a real key and published to Redis exactly as the control plane publishes it.
+//! a real key and published to Redis exactly as the control plane publishes it. It also holds
+//! one OAuth client and connection (client credentials) for scenario F.
 
 use std::collections::BTreeMap;
 
 use airlock_shared::api_key::ApiKeyHash;
 use airlock_shared::hosts::HostPattern;
+use airlock_shared::oauth::{
+    ConnectionStatus, OAuthClientSpec, OAuthConnectionSpec, OAuthGrant, TokenAuthMethod,
+};
 use airlock_shared::seal::{SealingKey, SecretIdentity};
 use airlock_shared::wire::{
     ApiKeyGrant, EnvironmentSnapshot, FunctionSpec, HeaderSpec, SecretEntry,
@@ -36,6 +40,26 @@ pub fn api_key(run: &str, i: usize) -> String {
 /// A function that injects no secret (so its responses are not redacted either).
 pub const PLAIN_FUNCTION: &str = "plain";
 
+/// Scenario F's function: D's request (`GET {upstream}/fn_0000`), with the access token of
+/// [`OAUTH_CONNECTION`] injected instead of a secret.
+pub const OAUTH_FUNCTION: &str = "oauth";
+
+/// The OAuth connection (and its client) [`OAUTH_FUNCTION`] injects a token of.
+pub const OAUTH_CONNECTION: &str = "bench";
+
+/// The vault secret holding the OAuth client's secret.
+pub const OAUTH_CLIENT_SECRET: &str = "OAUTH_CLIENT_SECRET";
+
+/// The OAuth provider's side of scenario F: where tokens come from and the credentials of
+/// the client registered there.
+pub struct OAuthProvider<'a> {
+    pub issuer: &'a str,
+    pub token_url: &'a str,
+    pub client_id: &'a str,
+    pub client_secret: &'a str,
+    pub scope: &'a str,
+}
+
 /// Name of function `i`; function `i` injects secret `SECRET_{i}`.
 pub fn function_name(i: usize) -> String {
     format!("fn_{i:04}")
@@ -59,11 +83,14 @@ fn patterns(i: usize, functions: usize) -> Vec<String> {
 
 /// Build the environment: function `i` is `GET {upstream}/fn_i` with
 /// `Authorization: Bearer {{secrets.SECRET_i}}` (the first `functions` secrets are used, the
-/// rest are loaded but idle, as in a real vault), plus [`PLAIN_FUNCTION`].
+/// rest are loaded but idle, as in a real vault), plus [`PLAIN_FUNCTION`] and
+/// [`OAUTH_FUNCTION`] with its OAuth client (client credentials from `oauth`, its secret a
+/// vault secret bound to 127.0.0.1 like the others) and connection.
 pub fn build(
     run: &str,
     size: Size,
     upstream: &str,
+    oauth: &OAuthProvider<'_>,
     sealing: &SealingKey,
     revision: i64,
 ) -> Result<Fixture> {
@@ -99,17 +126,34 @@ pub fn build(
             timeout_ms: 5_000,
         },
     );
+    functions.insert(
+        OAUTH_FUNCTION.into(),
+        FunctionSpec {
+            id: Uuid::new_v4(),
+            name: OAUTH_FUNCTION.into(),
+            method: "GET".into(),
+            url: format!("{upstream}/{}", function_name(0)),
+            headers: vec![HeaderSpec {
+                name: "Authorization".into(),
+                value: format!("Bearer {{{{oauth.{OAUTH_CONNECTION}}}}}"),
+            }],
+            body: None,
+            timeout_ms: 5_000,
+        },
+    );
     let hosts = vec![HostPattern::parse("127.0.0.1")?];
     let mut secrets = BTreeMap::new();
-    for i in 0..size.secrets {
-        let name = format!("SECRET_{i}");
+    let values = (0..size.secrets)
+        .map(|i| (format!("SECRET_{i}"), secret_value(run, i)))
+        .chain([(OAUTH_CLIENT_SECRET.to_string(), oauth.client_secret.into())]);
+    for (name, value) in values {
         let identity = SecretIdentity {
             tenant_id,
             environment_id,
             name: &name,
             version: 1,
         };
-        let sealed = sealing.seal(identity, &secret_value(run, i))?;
+        let sealed = sealing.seal(identity, &value)?;
         secrets.insert(
             name,
             SecretEntry {
@@ -118,6 +162,35 @@ pub fn build(
             },
         );
     }
+    let oauth_clients = BTreeMap::from([(
+        OAUTH_CONNECTION.to_string(),
+        OAuthClientSpec {
+            id: Uuid::new_v4(),
+            name: OAUTH_CONNECTION.into(),
+            issuer: Some(oauth.issuer.into()),
+            token_url: oauth.token_url.into(),
+            authorize_url: None,
+            client_id: oauth.client_id.into(),
+            client_secret: Some(OAUTH_CLIENT_SECRET.into()),
+            auth_method: TokenAuthMethod::ClientSecretBasic,
+            scopes: vec![oauth.scope.into()],
+            extra_token_params: Vec::new(),
+            allowed_hosts: hosts.clone(),
+            refresh_skew_seconds: airlock_shared::oauth::DEFAULT_REFRESH_SKEW_SECONDS,
+            redirect_uri: None,
+        },
+    )]);
+    let oauth_connections = BTreeMap::from([(
+        OAUTH_CONNECTION.to_string(),
+        OAuthConnectionSpec {
+            id: Uuid::new_v4(),
+            name: OAUTH_CONNECTION.into(),
+            client: OAUTH_CONNECTION.into(),
+            grant: OAuthGrant::ClientCredentials,
+            status: ConnectionStatus::Pending,
+            tokens: None,
+        },
+    )]);
     let api_keys = (0..size.keys)
         .map(|i| ApiKeyGrant {
             id: Uuid::new_v4(),
@@ -135,8 +208,8 @@ pub fn build(
             functions,
             secrets,
             api_keys,
-            oauth_clients: Default::default(),
-            oauth_connections: Default::default(),
+            oauth_clients,
+            oauth_connections,
             oauth_authorizations: Default::default(),
         },
         key: api_key(run, 0),

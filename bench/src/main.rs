@@ -7,6 +7,8 @@
 //! - D: Airlock's data plane with a large environment loaded from Redis (key auth, scope,
 //!   render, secret injection, response redaction), warm;
 //! - E: the same with its secrets cold (the first use of each after a snapshot is applied);
+//! - F: D's request with an OAuth access token injected instead of a secret (client
+//!   credentials from a real OAuth server, oidc-provider, obtained on the first request);
 //!
 //! then measures peak throughput (wrk), latency at 50 % and 80 % of B's peak (oha, open loop,
 //! latency-corrected), CPU time per request and RSS of the process under test, how long a

@@ -97,6 +97,21 @@ pub struct Step {
     pub cpu: u64,
 }
 
+/// Scenario F's requests to the OAuth provider's token endpoint.
+pub struct TokenRequests {
+    /// While F's first request was served (the token is obtained on first use): 1.
+    pub first_use: u64,
+    /// From then until F's last measured run: 0 (the token outlives the run; a refresh or
+    /// a retried failure would show here).
+    pub during_runs: u64,
+}
+
+impl TokenRequests {
+    pub fn as_expected(&self) -> bool {
+        self.first_use == 1 && self.during_runs == 0
+    }
+}
+
 pub struct Report {
     /// A smoke run: debug binaries and one-second runs, so targets are not judged.
     pub smoke: bool,
@@ -114,6 +129,7 @@ pub struct Report {
     /// GraphQL mutation sent to accepted by both data planes.
     pub propagation: Vec<Duration>,
     pub decomposition: Vec<Step>,
+    pub oauth_tokens: TokenRequests,
 }
 
 impl Report {
@@ -123,6 +139,11 @@ impl Report {
                 .decomposition
                 .iter()
                 .all(|s| s.peak.non_2xx + s.peak.socket_errors == 0)
+    }
+
+    /// Every request succeeded and scenario F asked for exactly one token.
+    pub fn valid(&self) -> bool {
+        self.all_requests_succeeded() && self.oauth_tokens.as_expected()
     }
 }
 
@@ -196,6 +217,7 @@ pub fn print(report: &Report) {
             peak.non_2xx + peak.socket_errors
         );
     }
+    print_oauth(report);
     let c = &report.cold;
     println!();
     println!(
@@ -327,6 +349,50 @@ pub fn print(report: &Report) {
         println!();
         println!("Some requests failed (see the `failed` column): these numbers are not valid.");
     }
+    if !report.oauth_tokens.as_expected() {
+        println!();
+        println!("Scenario F did not make exactly one token request: its numbers are not valid.");
+    }
+}
+
+/// Scenario F beside D: the same request with an OAuth access token injected instead of a
+/// secret; and how often the token endpoint was asked.
+fn print_oauth(report: &Report) {
+    let (d, f) = (&report.scenarios[3], &report.scenarios[4]);
+    let p99_at = |m: &Measured, index: usize| {
+        m.loads[index]
+            .as_ref()
+            .map_or(f64::NAN, |(latency, _)| latency.micros("p99"))
+    };
+    println!();
+    println!("Scenario F against D (an OAuth token injected instead of a secret):");
+    println!();
+    println!("| | D | F | F/D |");
+    println!("|---|---|---|---|");
+    let rows = [
+        ("peak req/s (wrk)", d.peak.rate(), f.peak.rate(), 0),
+        (
+            "CPU µs/req at peak",
+            d.cpu_per_request(),
+            f.cpu_per_request(),
+            1,
+        ),
+        ("p99 µs at 50 % of D's peak", p99_at(d, 2), p99_at(f, 2), 0),
+    ];
+    for (what, d, f, decimals) in rows {
+        println!(
+            "| {what} | {d:.decimals$} | {f:.decimals$} | {:.2} |",
+            f / d
+        );
+    }
+    let tokens = &report.oauth_tokens;
+    println!();
+    println!(
+        "Token endpoint requests (client credentials): {} at F's first request (expected 1), {} during F's measured runs (expected 0){}.",
+        tokens.first_use,
+        tokens.during_runs,
+        if tokens.as_expected() { "" } else { ": **not as expected**" }
+    );
 }
 
 /// How many requests oha completed (it reports a rate, not a count).

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use airlock_control_plane::publish::{RedisTransport, SnapshotTransport as _};
+use airlock_e2e::oidc::{OidcClient, OidcConfig, OidcProvider, Ttl};
 use airlock_e2e::{binary, free_port, Airlock, PostgresDb, Process};
 use airlock_shared::keys::RedisNames;
 use anyhow::{bail, Context as _, Result};
@@ -39,20 +40,46 @@ pub struct Options {
 }
 
 /// Scenario letters and what each measures, in table order.
-pub const SCENARIOS: [(&str, &str); 4] = [
+pub const SCENARIOS: [(&str, &str); 5] = [
     ("A", "direct to nginx"),
     ("B", "nginx reverse proxy"),
     ("C", "bare Pingora proxy"),
     ("D", "Airlock, warm"),
+    ("F", "Airlock, OAuth token"),
 ];
 
 struct System {
     /// The process whose CPU and memory are measured for each scenario.
-    pids: [u32; 4],
-    targets: [Target; 4],
+    pids: [u32; 5],
+    targets: [Target; 5],
 }
 
-/// Run everything; `Ok(false)` when some request failed (the numbers are then not valid).
+/// Scenario F's client at the OAuth provider.
+const OAUTH_CLIENT_ID: &str = "airlock-bench";
+const OAUTH_SCOPE: &str = "api:read";
+
+/// The OAuth provider of scenario F (oidc-provider under Node.js), with one
+/// client-credentials client whose tokens live a day: no refresh during a run.
+async fn oauth_provider(dir: &Path, client_secret: &str) -> Result<OidcProvider> {
+    let day = 86_400;
+    OidcProvider::start(
+        dir,
+        OidcConfig {
+            clients: vec![OidcClient::service(OAUTH_CLIENT_ID, client_secret).scope(OAUTH_SCOPE)],
+            ttl: Ttl {
+                access_token: day,
+                client_credentials: day,
+                ..Ttl::default()
+            },
+            ..OidcConfig::default()
+        },
+    )
+    .await
+    .context("starting the OAuth provider of scenario F (e2e/oidc-provider)")
+}
+
+/// Run everything; `Ok(false)` when some request failed or scenario F did not make exactly
+/// one token request (the numbers are then not valid).
 pub async fn run(options: Options) -> Result<bool> {
     let plan = CpuPlan::detect()?;
     plan.pin_self()?;
@@ -119,8 +146,18 @@ pub async fn run(options: Options) -> Result<bool> {
     let key_file = dir.join("seal.key");
     let sealing = airlock_control_plane::files::keygen(&key_file)?;
     let upstream_url = format!("http://127.0.0.1:{upstream_port}");
+    let oauth_secret = format!("bench-client-secret-{run}");
+    let provider = oauth_provider(&dir, &oauth_secret).await?;
+    let token_url = provider.token_endpoint();
+    let oauth = fixture::OAuthProvider {
+        issuer: provider.issuer(),
+        token_url: &token_url,
+        client_id: OAUTH_CLIENT_ID,
+        client_secret: &oauth_secret,
+        scope: OAUTH_SCOPE,
+    };
     let built = Instant::now();
-    let mut fixture = fixture::build(&run, size, &upstream_url, &sealing, 1)?;
+    let mut fixture = fixture::build(&run, size, &upstream_url, &oauth, &sealing, 1)?;
     println!(
         "built and sealed the environment in {} ms ({} MB of snapshot JSON)",
         built.elapsed().as_millis(),
@@ -162,10 +199,12 @@ pub async fn run(options: Options) -> Result<bool> {
         started,
         &airlock_url,
         &run,
+        &provider,
     )
     .await;
     let _ = airlock_e2e::take_redis_contents(names.prefix()).await;
     drop(processes);
+    drop(provider);
     if options.keep || result.is_err() {
         let kept = work.keep();
         eprintln!("work directory (configs, logs) kept: {}", kept.display());
@@ -187,6 +226,7 @@ async fn measure(
     started: Instant,
     airlock_url: &str,
     run: &str,
+    provider: &OidcProvider,
 ) -> Result<bool> {
     let client = reqwest::Client::new();
     let static_auth = (
@@ -206,12 +246,14 @@ async fn measure(
             processes[1].id(),
             processes[2].id(),
             processes[4].id(),
+            processes[4].id(),
         ],
         targets: [
             plain(ports[0]),
             plain(ports[1]),
             plain(ports[2]),
             invoke_target(airlock_url, &function, &fixture.key),
+            invoke_target(airlock_url, fixture::OAUTH_FUNCTION, &fixture.key),
         ],
     };
 
@@ -227,6 +269,12 @@ async fn measure(
         .context("Airlock's data plane never served the benchmark function")?;
     let first_serve = started.elapsed();
     let (rss_loaded, _) = procs::rss_bytes(system.pids[3])?;
+    // F's first request obtains the token (client credentials); every later one reuses it.
+    let tokens_before = provider.token_requests().await?.total;
+    wait_for_200(&client, &system.targets[4], Duration::from_secs(30))
+        .await
+        .context("Airlock's data plane never served the OAuth function (scenario F)")?;
+    let tokens_warm = provider.token_requests().await?.total;
     if options.hold {
         for (i, (letter, what)) in SCENARIOS.iter().enumerate() {
             let target = &system.targets[i];
@@ -313,6 +361,10 @@ async fn measure(
     for (i, entry) in measured.iter_mut().enumerate() {
         entry.rss = procs::rss_bytes(system.pids[i])?;
     }
+    let oauth_tokens = report::TokenRequests {
+        first_use: tokens_warm - tokens_before,
+        during_runs: provider.token_requests().await?.total - tokens_warm,
+    };
 
     let cold = cold_secrets(
         &client,
@@ -344,9 +396,10 @@ async fn measure(
         rebuild,
         propagation,
         decomposition,
+        oauth_tokens,
     };
     report::print(&report);
-    Ok(report.all_requests_succeeded())
+    Ok(report.valid())
 }
 
 /// Scenario C (or, `chunked`, its variant of the C-to-D steps): this binary's
