@@ -686,12 +686,38 @@ async fn authorization_code_refresh_rotation_and_invalid_grant() -> Result<()> {
         before
     );
 
-    // Canary scan: tokens, the client secret, the code and the state.
+    // Reconnecting: the user authorizes again and the same connection works again.
+    let again = airlock
+        .graphql_ok(
+            START_CONNECTION,
+            json!({"e": env.env_id, "c": client, "name": "alice_crm"}),
+        )
+        .await?;
+    let again_url = again["startOAuthConnection"]["authorizeUrl"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let redirect_again = idp.login(&again_url, "alice").await?;
+    let resp = browser.get(redirect_again.clone()).send().await?;
+    assert_eq!(resp.status(), 200, "second authorization");
+    connection_until(&airlock, &env, "alice_crm", "CONNECTED again", |c| {
+        c["status"] == "CONNECTED" && c["lastError"].is_null()
+    })
+    .await?;
+    invoke_ok(&airlock, &airlock.data_url, "as_alice", &env.key, json!({})).await?;
+    let second_code = redirect_again
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.to_string())
+        .context("a code")?;
+
+    // Canary scan: tokens, the client secret, the codes and the state.
     let mut needles = upstream_tokens(&httpbin);
     needles.dedup();
     needles.extend([
         client_secret.clone(),
         auth_code.clone(),
+        second_code.clone(),
         oauth_state.clone(),
     ]);
     assert_absent(
