@@ -322,8 +322,26 @@ async fn routing_errors() {
         .send()
         .await
         .unwrap();
+    assert_eq!(response.headers()["allow"], "POST");
     let (status, code, _) = gateway_error(response).await;
     assert_eq!((status, code.as_str()), (405, "method_not_allowed"));
+
+    // The callback and the probes are GET-only, and say so.
+    for path in ["/v1/oauth/callback", "/healthz"] {
+        let response = plane
+            .client
+            .post(format!("{}{path}", plane.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["allow"], "GET", "{path}");
+        let (status, code, _) = gateway_error(response).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (405, "method_not_allowed"),
+            "{path}"
+        );
+    }
 
     let health = plane
         .client

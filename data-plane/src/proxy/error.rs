@@ -17,8 +17,8 @@ pub const REQUEST_ID_HEADER: &str = "x-airlock-request-id";
 pub enum GatewayError {
     #[error("no route for this path")]
     NotFound,
-    #[error("method not allowed on this path")]
-    MethodNotAllowed,
+    #[error("method not allowed on this path (allowed: {allow})")]
+    MethodNotAllowed { allow: &'static str },
     #[error("missing or invalid API key")]
     Unauthorized,
     #[error("this API key may not invoke function `{0}`")]
@@ -64,7 +64,7 @@ impl GatewayError {
     pub fn status(&self) -> u16 {
         match self {
             Self::NotFound | Self::FunctionNotFound(_) => 404,
-            Self::MethodNotAllowed => 405,
+            Self::MethodNotAllowed { .. } => 405,
             Self::Unauthorized => 401,
             Self::Forbidden(_) | Self::SecretHostDenied { .. } | Self::OAuthHostDenied { .. } => {
                 403
@@ -93,7 +93,7 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             Self::NotFound => "not_found",
-            Self::MethodNotAllowed => "method_not_allowed",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::FunctionNotFound(_) => "function_not_found",
@@ -187,8 +187,8 @@ impl GatewayError {
         if matches!(self, Self::Unauthorized) {
             header.insert_header(http::header::WWW_AUTHENTICATE, "Bearer")?;
         }
-        if matches!(self, Self::MethodNotAllowed) {
-            header.insert_header(http::header::ALLOW, "POST")?;
+        if let Self::MethodNotAllowed { allow } = self {
+            header.insert_header(http::header::ALLOW, *allow)?;
         }
         Ok(header)
     }
@@ -216,7 +216,11 @@ mod tests {
     fn codes_and_statuses() {
         let cases = [
             (GatewayError::NotFound, 404, "not_found"),
-            (GatewayError::MethodNotAllowed, 405, "method_not_allowed"),
+            (
+                GatewayError::MethodNotAllowed { allow: "POST" },
+                405,
+                "method_not_allowed",
+            ),
             (GatewayError::Unauthorized, 401, "unauthorized"),
             (GatewayError::Forbidden("f".into()), 403, "forbidden"),
             (

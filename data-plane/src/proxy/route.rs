@@ -29,7 +29,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         if method == Method::GET {
             Ok(route)
         } else {
-            Err(GatewayError::MethodNotAllowed)
+            Err(GatewayError::MethodNotAllowed { allow: "GET" })
         }
     };
     match path {
@@ -44,7 +44,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         .filter(|name| !name.is_empty() && !name.contains('/'))
     {
         if method != Method::POST {
-            return Err(GatewayError::MethodNotAllowed);
+            return Err(GatewayError::MethodNotAllowed { allow: "POST" });
         }
         return Ok(Route::OAuthHandle {
             connection: connection.to_string(),
@@ -57,7 +57,7 @@ pub fn route(method: &Method, path: &str) -> Result<Route, GatewayError> {
         .filter(|name| !name.is_empty() && !name.contains('/'))
         .ok_or(GatewayError::NotFound)?;
     if method != Method::POST {
-        return Err(GatewayError::MethodNotAllowed);
+        return Err(GatewayError::MethodNotAllowed { allow: "POST" });
     }
     Ok(Route::Invoke {
         function: function.to_string(),
@@ -78,7 +78,7 @@ mod tests {
         );
         assert_eq!(
             route(&Method::GET, "/v1/functions/get_user/invoke"),
-            Err(GatewayError::MethodNotAllowed)
+            Err(GatewayError::MethodNotAllowed { allow: "POST" })
         );
         for path in [
             "/v1/functions//invoke",
@@ -104,7 +104,7 @@ mod tests {
         );
         assert_eq!(
             route(&Method::POST, "/v1/oauth/callback"),
-            Err(GatewayError::MethodNotAllowed)
+            Err(GatewayError::MethodNotAllowed { allow: "GET" })
         );
         assert_eq!(
             route(&Method::POST, "/v1/oauth/connections/crm/handle"),
@@ -114,7 +114,7 @@ mod tests {
         );
         assert_eq!(
             route(&Method::GET, "/v1/oauth/connections/crm/handle"),
-            Err(GatewayError::MethodNotAllowed)
+            Err(GatewayError::MethodNotAllowed { allow: "POST" })
         );
         for path in [
             "/v1/oauth/connections//handle",
@@ -134,7 +134,7 @@ mod tests {
         assert_eq!(route(&Method::GET, "/readyz"), Ok(Route::Ready));
         assert_eq!(
             route(&Method::POST, "/healthz"),
-            Err(GatewayError::MethodNotAllowed)
+            Err(GatewayError::MethodNotAllowed { allow: "GET" })
         );
     }
 }
