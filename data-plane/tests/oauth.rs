@@ -906,8 +906,9 @@ async fn two_data_planes_over_redis_ask_for_a_token_once() {
     let key = OpeningKey::generate();
     let provider = Provider::start().await;
     provider.state.slow.store(true, Ordering::SeqCst);
-    // Valid for 1 s past the 60 s refresh skew.
-    *provider.state.expires_in.lock().unwrap() = Some(61);
+    // Valid for 2 s: the 60 s refresh skew is capped at half that, so it is refreshed
+    // after 1 s.
+    *provider.state.expires_in.lock().unwrap() = Some(2);
     let env = Uuid::new_v4();
     let snapshot = environment(&key, &provider, env, OAuthGrant::ClientCredentials);
     let mut planes = RedisPlanes::start(&key, &snapshot).await;

@@ -369,6 +369,31 @@ async fn client_credentials_are_obtained_injected_and_refreshed() -> Result<()> 
         c["status"] == "CONNECTED" && c["tokenGeneration"] == 1
     })
     .await?;
+    // Each token use is audited under the connection's name.
+    let started = Instant::now();
+    let audit = loop {
+        let audit = airlock
+            .graphql_ok(
+                "query($e: ID!) { auditLog(filter: {environmentId: $e, action: \"secret.used\"}, first: 50) { entries { targetName detail } } }",
+                json!({"e": env.env_id}),
+            )
+            .await?;
+        if !audit["auditLog"]["entries"].as_array().unwrap().is_empty() {
+            break audit;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "token uses are audited"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let entries = audit["auditLog"]["entries"].as_array().unwrap();
+    assert!(
+        entries
+            .iter()
+            .all(|e| e["targetName"] == "crm" && e["detail"]["oauthConnection"] == "crm"),
+        "{audit}"
+    );
     assert!(
         state["lastRefreshAt"].is_string() && state["lastError"].is_null(),
         "{state}"
@@ -601,8 +626,17 @@ async fn authorization_code_refresh_rotation_and_invalid_grant() -> Result<()> {
         400,
         "forged state refused"
     );
-    // The states no longer match any pending authorization, so these events belong to no
-    // environment: the platform operator sees them.
+    // The replay is recorded as such in the environment (the used state's claim remembers
+    // it); the forged state belongs to no environment: the platform operator sees both.
+    let replayed = events_until(&airlock, &env, "oauth.callback_refused", 1).await?;
+    assert!(
+        replayed[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("already used"),
+        "{replayed:?}"
+    );
+    assert_eq!(replayed[0]["oauthConnection"], "alice_crm");
     let started = Instant::now();
     loop {
         let data = airlock

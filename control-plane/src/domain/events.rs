@@ -171,18 +171,28 @@ async fn insert_one(db: &impl ConnectionTrait, event: &GatewayEvent) -> Result<b
     Ok(true)
 }
 
-/// The audit entry of a `secret.used` event: which secrets (by name) went out with which
-/// function, key and request. Never a value: the event holds none.
+/// The audit entry of a `secret.used` event: which secrets and OAuth connection (by name)
+/// went out with which function, key and request. Never a value: the event holds none. A
+/// request that injected only an OAuth token is an entry about the connection.
 fn secret_use_entry(event: &GatewayEvent, secrets: &[String]) -> AuditEntry {
-    let mut entry = AuditEntry::new(Actor::DataPlane, actions::SECRET_USED, targets::SECRET)
+    let connection = event
+        .oauth_connection
+        .as_deref()
+        .map(|c| clean_text(c, MAX_NAME_LEN));
+    let (target, target_name) = match &connection {
+        Some(connection) if secrets.is_empty() => (targets::OAUTH_CONNECTION, connection.clone()),
+        _ => (targets::SECRET, secrets.join(", ")),
+    };
+    let mut entry = AuditEntry::new(Actor::DataPlane, actions::SECRET_USED, target)
         .at(stored_time(event.at))
-        .target_name(secrets.join(", "))
+        .target_name(target_name)
         .request_id(clean_text(&event.request_id, MAX_NAME_LEN))
         .detail(json!({
             "eventId": event.id,
             "function": event.function.as_deref().map(|f| clean_text(f, MAX_NAME_LEN)),
             "apiKeyId": event.api_key_id,
             "secrets": secrets,
+            "oauthConnection": connection,
             "upstreamHost": event.upstream_host.as_deref().map(|h| clean_text(h, MAX_NAME_LEN)),
             "status": event.status,
         }));

@@ -68,7 +68,9 @@ impl AuditEntry {
     /// Dotted action name: `tenant.create`, `environment.create`, `function.create`,
     /// `api_key.create`, `secret.set`, `secret.hosts`, `secret.rollback`, `secret.delete`,
     /// `secret.used`, `provisioning_link.create`, `provisioning_link.revoke`,
-    /// `provisioning_link.use`.
+    /// `provisioning_link.use`, `oauth_client.create|update|delete`,
+    /// `oauth_connection.create|start|delete|connected|broken`, ... (docs/VAULT.md lists
+    /// them all).
     async fn action(&self) -> &str {
         &self.0.action
     }
@@ -82,7 +84,7 @@ impl AuditEntry {
     }
 
     /// Kind of thing acted on: `tenant`, `environment`, `function`, `api_key`, `secret`,
-    /// `provisioning_link`.
+    /// `provisioning_link`, `oauth_client`, `oauth_connection`, ...
     async fn target_type(&self) -> &str {
         &self.0.target_type
     }

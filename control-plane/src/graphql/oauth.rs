@@ -237,7 +237,8 @@ impl OAuthConnection {
         self.0.connected_at
     }
 
-    /// Generation of the stored tokens: 0 before the first, +1 on every refresh.
+    /// Generation of the stored tokens: 0 before the first; it only grows (+1 on every
+    /// refresh; a refusal that breaks the connection uses one up too).
     async fn token_generation(&self) -> i64 {
         self.0.token_generation
     }

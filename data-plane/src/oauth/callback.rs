@@ -86,6 +86,18 @@ impl TokenManager {
         };
         let hash = state_hash(&state);
         let Some((environment, authorization)) = snapshot.authorization(&hash) else {
+            // Once completed, an authorization leaves the snapshot; its claim remembers it.
+            if let Some((environment_id, connection)) = self.claimed_for(&hash).await {
+                self.events.emit(oauth_event(
+                    request_id,
+                    EventKind::OAuthCallbackRefused,
+                    snapshot.environment(&environment_id).map(|e| &**e),
+                    Some(&connection),
+                    400,
+                    "authorization callback replayed (state already used)".to_string(),
+                ));
+                return refused("This authorization was already used. Start the connection again.");
+            }
             return refuse_unknown("authorization callback with an unknown state");
         };
         let connection_name = authorization.connection.as_str();
@@ -108,7 +120,11 @@ impl TokenManager {
                 "This authorization has expired. Start the connection again.",
             );
         }
-        match self.claim(&hash, authorization.expires_at).await {
+        let claimed_for = format!("{}/{connection_name}", environment.environment_id);
+        match self
+            .claim(&hash, authorization.expires_at, &claimed_for)
+            .await
+        {
             Ok(true) => {}
             Ok(false) => {
                 return refuse(
@@ -317,26 +333,56 @@ impl TokenManager {
 
     /// Claim a state once across every data plane (`Err` when the store is unreachable:
     /// fail closed).
-    async fn claim(&self, hash: &str, expires_at: chrono::DateTime<Utc>) -> Result<bool, ()> {
+    async fn claim(
+        &self,
+        hash: &str,
+        expires_at: chrono::DateTime<Utc>,
+        claimed_for: &str,
+    ) -> Result<bool, ()> {
         let now = Utc::now();
         match &self.store {
             Some(store) => {
                 let ttl = (expires_at - now)
                     .to_std()
                     .unwrap_or(std::time::Duration::from_millis(1));
-                store.claim_state(hash, ttl).await.map_err(|error| {
-                    tracing::warn!(%error, "cannot claim an authorization state");
-                })
+                store
+                    .claim_state(hash, ttl, claimed_for)
+                    .await
+                    .map_err(|error| {
+                        tracing::warn!(%error, "cannot claim an authorization state");
+                    })
             }
             None => {
                 let mut claims = self
                     .local_claims
                     .lock()
                     .unwrap_or_else(|poisoned| poisoned.into_inner());
-                claims.retain(|_, expiry| *expiry > now);
-                Ok(claims.insert(hash.to_string(), expires_at).is_none())
+                claims.retain(|_, (expiry, _)| *expiry > now);
+                if claims.contains_key(hash) {
+                    return Ok(false);
+                }
+                claims.insert(hash.to_string(), (expires_at, claimed_for.to_string()));
+                Ok(true)
             }
         }
+    }
+
+    /// The environment and connection a state was claimed for, if it was claimed (and the
+    /// claim has not expired).
+    async fn claimed_for(&self, hash: &str) -> Option<(uuid::Uuid, String)> {
+        let claimed_for = match &self.store {
+            Some(store) => store.claimed_state(hash).await.ok().flatten()?,
+            None => {
+                let claims = self
+                    .local_claims
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let (expiry, claimed_for) = claims.get(hash)?;
+                (*expiry > Utc::now()).then(|| claimed_for.clone())?
+            }
+        };
+        let (environment_id, connection) = claimed_for.split_once('/')?;
+        Some((environment_id.parse().ok()?, connection.to_string()))
     }
 }
 

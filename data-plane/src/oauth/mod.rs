@@ -170,6 +170,8 @@ pub struct LiveTokens {
     access: SecretValue,
     refresh: Option<SecretValue>,
     expires_at: Option<DateTime<Utc>>,
+    /// When the provider issued them (bounds the refresh skew: see [`Self::is_valid_at`]).
+    obtained_at: DateTime<Utc>,
     /// The forms of the access token, to redact responses that echo it.
     pub redaction: Arc<RedactionIndex>,
 }
@@ -189,11 +191,15 @@ impl LiveTokens {
         self.access.expose()
     }
 
-    /// Whether the access token may still be used at `now`: it expires more than `skew`
-    /// later (or the provider did not say when it expires).
+    /// Whether the access token may still be used at `now`: it expires more than the skew
+    /// later (or the provider did not say when it expires). The skew is at most half the
+    /// token's lifetime: a skew as long as the lifetime (one hour for one-hour tokens) would
+    /// otherwise send every request to the token endpoint.
     pub fn is_valid_at(&self, now: DateTime<Utc>, skew_seconds: u32) -> bool {
         self.expires_at.is_none_or(|expires_at| {
-            expires_at - chrono::Duration::seconds(i64::from(skew_seconds)) > now
+            let lifetime = (expires_at - self.obtained_at).max(chrono::Duration::zero());
+            let skew = chrono::Duration::seconds(i64::from(skew_seconds)).min(lifetime / 2);
+            expires_at - skew > now
         })
     }
 }
@@ -266,7 +272,9 @@ pub struct TokenManager {
     events: EventEmitter,
     handles: handle::HandleKeys,
     /// State claims of callbacks served without Redis: state hash -> expiry.
-    local_claims: Mutex<HashMap<String, DateTime<Utc>>>,
+    /// State claims of callbacks served without Redis: state hash -> (expiry, what it was
+    /// claimed for).
+    local_claims: Mutex<HashMap<String, (DateTime<Utc>, String)>>,
 }
 
 impl std::fmt::Debug for TokenManager {
@@ -709,6 +717,7 @@ impl TokenManager {
             access,
             refresh,
             expires_at: tokens.expires_at,
+            obtained_at: tokens.obtained_at,
             redaction: Arc::new(redaction),
         }))
     }
@@ -761,6 +770,7 @@ impl TokenManager {
             access: tokens.access,
             refresh,
             expires_at,
+            obtained_at: now,
             redaction: Arc::new(redaction),
         });
         Ok((live, sealed))
@@ -1038,6 +1048,7 @@ mod tests {
             access: SecretValue::new("access-token-value".into()),
             refresh: None,
             expires_at,
+            obtained_at: Utc::now() - chrono::Duration::hours(1),
             redaction: Arc::new(RedactionIndex::build("access-token-value").unwrap()),
         }
     }
@@ -1055,6 +1066,23 @@ mod tests {
         assert!(live(None).is_valid_at(now, 60));
         // Debug never shows a token.
         assert!(!format!("{:?}", in_90s).contains("access-token-value"));
+    }
+
+    #[test]
+    fn the_skew_is_at_most_half_the_lifetime() {
+        let now = Utc::now();
+        // A 4-second token with the default 60-second skew: refreshed after 2 s, not on
+        // every request.
+        let short = LiveTokens {
+            obtained_at: now,
+            ..live(Some(now + chrono::Duration::seconds(4)))
+        };
+        assert!(short.is_valid_at(now, 60));
+        assert!(short.is_valid_at(now + chrono::Duration::milliseconds(1900), 60));
+        assert!(!short.is_valid_at(now + chrono::Duration::milliseconds(2100), 60));
+        // A shorter skew than half the lifetime is used as is.
+        assert!(short.is_valid_at(now + chrono::Duration::milliseconds(2900), 1));
+        assert!(!short.is_valid_at(now + chrono::Duration::milliseconds(3100), 1));
     }
 
     #[test]

@@ -284,12 +284,17 @@ impl RedisTokenStore {
     }
 
     /// Claim an authorization's state for `ttl` (`SET NX PX`): `true` for the first claim.
-    pub async fn claim_state(&self, state_hash: &str, ttl: Duration) -> Result<bool, StoreError> {
+    pub async fn claim_state(
+        &self,
+        state_hash: &str,
+        ttl: Duration,
+        claimed_for: &str,
+    ) -> Result<bool, StoreError> {
         let mut connection = self.connection().await?;
         let set: Option<String> = bounded(
             redis::cmd("SET")
                 .arg(self.names.oauth_state_claim(state_hash))
-                .arg("1")
+                .arg(claimed_for)
                 .arg("NX")
                 .arg("PX")
                 .arg(ttl.as_millis().max(1) as u64)
@@ -297,6 +302,19 @@ impl RedisTokenStore {
         )
         .await?;
         Ok(set.is_some())
+    }
+
+    /// What a claimed state was claimed for ([`Self::claim_state`]'s `claimed_for`), while
+    /// the claim lasts: tells a replayed callback from a forged one after the authorization
+    /// has left the snapshot.
+    pub async fn claimed_state(&self, state_hash: &str) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection().await?;
+        bounded(
+            redis::cmd("GET")
+                .arg(self.names.oauth_state_claim(state_hash))
+                .query_async(&mut connection),
+        )
+        .await
     }
 }
 
@@ -453,15 +471,20 @@ mod tests {
             .unwrap());
         assert_eq!(store.read(connection).await.unwrap().failure, None);
 
-        // Claims are single use.
+        // Claims are single use, and remember what they were for.
+        assert_eq!(store.claimed_state("abc").await.unwrap(), None);
         assert!(store
-            .claim_state("abc", Duration::from_secs(5))
+            .claim_state("abc", Duration::from_secs(5), "env/conn")
             .await
             .unwrap());
         assert!(!store
-            .claim_state("abc", Duration::from_secs(5))
+            .claim_state("abc", Duration::from_secs(5), "other/conn")
             .await
             .unwrap());
+        assert_eq!(
+            store.claimed_state("abc").await.unwrap().as_deref(),
+            Some("env/conn")
+        );
 
         let mut raw = store.connection().await.unwrap();
         let names = &store.names;
