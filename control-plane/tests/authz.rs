@@ -72,6 +72,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     // Connecting an account is provisioning credentials.
     ("createOAuthConnection", &["owner", "admin", "provisioner"]),
     ("startOAuthConnection", &["owner", "admin", "provisioner"]),
+    ("resetOAuthConnection", &["owner", "admin", "provisioner"]),
     ("deleteOAuthConnection", &["owner", "admin"]),
     // About the caller itself: any authenticated caller, with a role or without.
     (
@@ -152,6 +153,22 @@ impl Fixture {
             .as_str()
             .unwrap()
             .to_string();
+        // Broken, as a data plane reports it, so that resetOAuthConnection has work to do.
+        let broken = airlock_shared::oauth::OAuthConnectionReport {
+            tenant_id: tenant.parse().unwrap(),
+            environment_id: environment.parse().unwrap(),
+            connection_id: oauth_connection.parse().unwrap(),
+            connection: "fixture".into(),
+            authorization_id: None,
+            status: airlock_shared::oauth::ConnectionStatus::Broken,
+            tokens: None,
+            at: chrono::Utc::now(),
+            error: Some("invalid_client".into()),
+        };
+        airlock_control_plane::domain::oauth::reports::apply(&app.db.db, &broken)
+            .await
+            .unwrap()
+            .expect("the fixture connection exists");
         Fixture {
             tenant: tenant.to_string(),
             environment: environment.to_string(),
@@ -329,6 +346,10 @@ fn operation(name: &str, f: &Fixture) -> (&'static str, Value) {
         ),
         "deleteOAuthConnection" => (
             "mutation($c: ID!) { deleteOAuthConnection(input: {id: $c}) }",
+            json!({ "c": f.oauth_connection }),
+        ),
+        "resetOAuthConnection" => (
+            "mutation($c: ID!) { resetOAuthConnection(input: {id: $c}) { id status } }",
             json!({ "c": f.oauth_connection }),
         ),
         other => panic!("no operation {other}"),

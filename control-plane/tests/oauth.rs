@@ -37,6 +37,7 @@ on_both_backends!(
     start_builds_a_pkce_authorization_and_publishes_it,
     start_refuses_what_cannot_be_authorized,
     reports_store_newer_tokens_and_follow_the_status,
+    a_broken_client_credentials_connection_is_reset,
     tokens_never_appear_in_plaintext,
 );
 
@@ -503,6 +504,123 @@ async fn client_credentials_connections_start_pending(mut app: TestApp) {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0]["name"], "billing_api");
     assert_eq!(listed[0]["lastError"], Value::Null);
+}
+
+const RESET: &str =
+    "mutation($c: ID!) { resetOAuthConnection(input: {id: $c}) { id status lastError } }";
+
+/// A broken client-credentials connection goes back to PENDING (published, audited); a
+/// connection that is not broken, or one that needs the user again, is refused unchanged.
+async fn a_broken_client_credentials_connection_is_reset(mut app: TestApp) {
+    let (tenant, env) = environment(&app).await;
+    let client = create_client(&app, client_input(&env, "billing")).await;
+    let connection = app
+        .ok(
+            CREATE_CONNECTION,
+            json!({ "c": client["id"], "n": "billing_api" }),
+        )
+        .await["createOAuthConnection"]
+        .clone();
+    let id = connection["id"].as_str().unwrap().to_string();
+
+    // Not broken: nothing to reset.
+    app.take_snapshots();
+    let error = app.error(RESET, json!({ "c": id })).await;
+    assert_eq!(code(&error), "INVALID_INPUT");
+    assert!(app.take_snapshots().is_empty(), "nothing published");
+    assert_eq!(
+        connection_state(&app, &env, "billing_api").await["status"],
+        "PENDING"
+    );
+
+    // Broken by a data plane's report (the provider said invalid_client).
+    let broken = OAuthConnectionReport {
+        tenant_id: tenant.parse().unwrap(),
+        environment_id: env.parse().unwrap(),
+        connection_id: id.parse().unwrap(),
+        connection: "billing_api".into(),
+        authorization_id: None,
+        status: ConnectionStatus::Broken,
+        tokens: None,
+        at: chrono::Utc::now(),
+        error: Some("invalid_client: bad secret".into()),
+    };
+    airlock_control_plane::domain::oauth::reports::apply(&app.db.db, &broken)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        connection_state(&app, &env, "billing_api").await["status"],
+        "BROKEN"
+    );
+    app.take_snapshots();
+    let reset = app.ok(RESET, json!({ "c": id })).await["resetOAuthConnection"].clone();
+    assert_eq!(reset["status"], "PENDING");
+    // The last error stays readable until a data plane connects it again.
+    assert_eq!(reset["lastError"], "invalid_client: bad secret");
+    let snapshot = last_snapshot(&mut app);
+    assert_eq!(
+        snapshot.oauth_connections["billing_api"].status,
+        ConnectionStatus::Pending
+    );
+    let audited = app
+        .ok(
+            "query($e: ID!) { auditLog(filter: {environmentId: $e, action: \"oauth_connection.reset\"}) { entries { targetName detail } } }",
+            json!({ "e": env }),
+        )
+        .await;
+    let entries = audited["auditLog"]["entries"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{audited}");
+    assert_eq!(entries[0]["targetName"], "billing_api");
+    // Reset twice: it is no longer broken.
+    assert_eq!(
+        code(&app.error(RESET, json!({ "c": id })).await),
+        "INVALID_INPUT"
+    );
+
+    // An authorization-code connection reconnects with startOAuthConnection instead.
+    let github = create_client(&app, client_input(&env, "github")).await;
+    let started = app
+        .ok(
+            &start_mutation(),
+            json!({ "e": env, "c": github["id"], "n": "octocat" }),
+        )
+        .await["startOAuthConnection"]
+        .clone();
+    let octocat: Uuid = started["connection"]["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    airlock_control_plane::domain::oauth::reports::apply(
+        &app.db.db,
+        &OAuthConnectionReport {
+            connection_id: octocat,
+            connection: "octocat".into(),
+            error: Some("invalid_grant".into()),
+            at: chrono::Utc::now(),
+            ..broken.clone()
+        },
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let error = app.error(RESET, json!({ "c": octocat.to_string() })).await;
+    assert_eq!(code(&error), "INVALID_INPUT");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("startOAuthConnection"),
+        "{error}"
+    );
+    assert_eq!(
+        code(
+            &app.error(RESET, json!({ "c": Uuid::new_v4().to_string() }))
+                .await
+        ),
+        "NOT_FOUND"
+    );
 }
 
 /// Query parameters of a URL, by name (each name once).

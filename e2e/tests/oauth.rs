@@ -479,10 +479,41 @@ async fn client_credentials_are_obtained_injected_and_refreshed() -> Result<()> 
         "nothing was sent"
     );
 
+    // A wrong client secret: the provider refuses the next token request (invalid_client),
+    // the connection breaks; once the secret is fixed, a reset brings it back.
+    let wrong_secret = format!("canary-wrong-{}", uuid::Uuid::new_v4().simple());
+    set_secret(&airlock, &env, "CRM_CLIENT_SECRET", &wrong_secret).await?;
+    let state = connection(&airlock, &env, "crm").await?;
+    sleep_until_refresh_due(&state["expiresAt"]).await;
+    let (status, code, message) =
+        error_of(airlock.invoke("whoami", &env.key, json!({})).await?).await;
+    assert_eq!(
+        (status, code.as_str()),
+        (502, "oauth_connection_broken"),
+        "{message}"
+    );
+    assert!(message.contains("invalid_client"), "{message}");
+    let broken =
+        connection_until(&airlock, &env, "crm", "BROKEN", |c| c["status"] == "BROKEN").await?;
+    set_secret(&airlock, &env, "CRM_CLIENT_SECRET", &client_secret).await?;
+    let reset = airlock
+        .graphql_ok(
+            "mutation($c: ID!) { resetOAuthConnection(input: {id: $c}) { status } }",
+            json!({"c": broken["id"]}),
+        )
+        .await?;
+    assert_eq!(reset["resetOAuthConnection"]["status"], "PENDING");
+    invoke_ok(&airlock, &airlock.data_url, "whoami", &env.key, json!({})).await?;
+    connection_until(&airlock, &env, "crm", "CONNECTED after the reset", |c| {
+        c["status"] == "CONNECTED" && c["lastError"].is_null()
+    })
+    .await?;
+
     // Canary scan: no token and no client secret anywhere Airlock writes or answers.
     let mut needles = upstream_tokens(&httpbin);
     needles.dedup();
     needles.push(client_secret.clone());
+    needles.push(wrong_secret.clone());
     assert_absent(
         observable(&airlock, &env).await?.as_bytes(),
         &needles,

@@ -143,6 +143,8 @@ pub mod actions {
     /// An authorization-code flow started (`startOAuthConnection`).
     pub const OAUTH_CONNECTION_START: &str = "oauth_connection.start";
     pub const OAUTH_CONNECTION_DELETE: &str = "oauth_connection.delete";
+    /// A broken client-credentials connection was reset (`resetOAuthConnection`).
+    pub const OAUTH_CONNECTION_RESET: &str = "oauth_connection.reset";
     /// A data plane reported that a connection holds tokens (after being pending or broken).
     pub const OAUTH_CONNECTION_CONNECTED: &str = "oauth_connection.connected";
     /// A data plane reported that the provider refused a connection's grant.

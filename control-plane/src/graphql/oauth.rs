@@ -355,6 +355,12 @@ pub struct DeleteOAuthConnectionInput {
     pub id: ID,
 }
 
+/// Input of `resetOAuthConnection`.
+#[derive(InputObject, Debug)]
+pub struct ResetOAuthConnectionInput {
+    pub id: ID,
+}
+
 /// Input of `createOAuthConnection`.
 #[derive(InputObject, Debug)]
 pub struct CreateOAuthConnectionInput {
@@ -567,6 +573,30 @@ impl OAuthMutation {
         .gql()?;
         state.publisher.publish_environment(environment_id).await;
         Ok(OAuthAuthorization(started))
+    }
+
+    /// Reset a BROKEN client-credentials connection to PENDING once what the provider refused
+    /// (the client secret, the client's registration) is fixed: data planes ask for a token
+    /// again on the next use. Authorization-code connections reconnect with
+    /// `startOAuthConnection` instead.
+    #[graphql(
+        name = "resetOAuthConnection",
+        guard = "Can::new(Permission::OAuthConnect, Target::oauth_connection(\"id\", &input.id))"
+    )]
+    async fn reset_oauth_connection(
+        &self,
+        ctx: &Context<'_>,
+        input: ResetOAuthConnectionInput,
+    ) -> Result<OAuthConnection> {
+        let state = state(ctx);
+        let actor = actor(ctx).gql()?;
+        let id = parse_id("id", &input.id).gql()?;
+        let connection = oauth::reset_connection(&state.db, actor, id).await.gql()?;
+        state
+            .publisher
+            .publish_environment(connection.environment_id)
+            .await;
+        Ok(OAuthConnection(connection))
     }
 
     /// Delete a connection (and its pending authorizations); returns its id. Functions that

@@ -147,7 +147,7 @@ pub enum OAuthError {
     ConnectionMissing(String),
     #[error("OAuth connection `{0}` is not connected yet: complete its authorization first")]
     NotConnected(String),
-    #[error("OAuth connection `{connection}` is broken: the provider refused the refresh ({error}); the connection must be reconnected")]
+    #[error("OAuth connection `{connection}` is broken: the provider refused its token request ({error}); once the cause is fixed, reconnect it (startOAuthConnection) or, for client credentials, reset it (resetOAuthConnection)")]
     Broken { connection: String, error: String },
     #[error("no access token for OAuth connection `{connection}`: {reason}")]
     Unavailable { connection: String, reason: String },

@@ -752,6 +752,67 @@ pub async fn delete_connection(
     Ok(environment.id)
 }
 
+/// Reset a broken client-credentials connection to `PENDING`, once what the provider refused
+/// (a client secret, the client's registration) has been fixed: data planes then ask the
+/// token endpoint again on the next use. A broken authorization-code connection needs the
+/// user again (`startOAuthConnection`), and a connection that is not broken has nothing to
+/// reset: both are refused and change nothing.
+pub async fn reset_connection(
+    db: &DatabaseConnection,
+    actor: Actor,
+    connection_id: Uuid,
+) -> Result<OAuthConnection, AppError> {
+    let found = oauth_connection::Entity::find_by_id(connection_id)
+        .one(db)
+        .await?
+        .ok_or_else(|| not_found("OAuth connection", connection_id))?;
+    let txn = begin_write(db).await?;
+    let environment = lock_environment(&txn, found.environment_id).await?;
+    let current = oauth_connection::Entity::find_by_id(connection_id)
+        .one(&txn)
+        .await?
+        .ok_or_else(|| not_found("OAuth connection", connection_id))?;
+    if parse_grant(&current.grant)? != OAuthGrant::ClientCredentials {
+        return Err(AppError::invalid(
+            "id",
+            format!(
+                "connection `{}` uses the authorization-code grant: reconnect it with startOAuthConnection",
+                current.name
+            ),
+        ));
+    }
+    if parse_status(&current.status)? != ConnectionStatus::Broken {
+        return Err(AppError::invalid(
+            "id",
+            format!(
+                "connection `{}` is not broken; there is nothing to reset",
+                current.name
+            ),
+        ));
+    }
+    let previous_error = current.last_error.clone();
+    let mut model: oauth_connection::ActiveModel = current.into();
+    model.status = Set(status_name(ConnectionStatus::Pending).to_string());
+    model.updated_at = Set(now());
+    let model = model.update(&txn).await?;
+    audit::record(
+        &txn,
+        AuditEntry::new(
+            actor,
+            actions::OAUTH_CONNECTION_RESET,
+            targets::OAUTH_CONNECTION,
+        )
+        .tenant(environment.tenant_id)
+        .environment(environment.id)
+        .target(connection_id, model.name.clone())
+        .detail(json!({ "previousError": previous_error })),
+    )
+    .await?;
+    txn.commit().await?;
+    let client = get_client(db, model.client_id).await?;
+    connection_from_model(model, client)
+}
+
 /// An environment's connections, by name; `NOT_FOUND` if the environment is unknown.
 pub async fn list_connections(
     db: &DatabaseConnection,
