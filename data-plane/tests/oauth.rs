@@ -411,7 +411,7 @@ async fn a_refused_refresh_breaks_the_connection_and_stops_asking() {
         gateway_error(plane.invoke("call", Some(API_KEY), "").await).await;
     assert_eq!((status, code.as_str()), (502, "oauth_connection_broken"));
     assert!(
-        message.contains("invalid_grant") && message.contains("reconnected"),
+        message.contains("invalid_grant") && message.contains("startOAuthConnection"),
         "{message}"
     );
     let (form, _) = provider.last_request();

@@ -352,7 +352,8 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("`crm`"), "{message}");
         assert!(message.contains("invalid_grant"), "{message}");
-        assert!(message.contains("reconnected"), "{message}");
+        assert!(message.contains("startOAuthConnection"), "{message}");
+        assert!(message.contains("resetOAuthConnection"), "{message}");
     }
 
     #[test]
