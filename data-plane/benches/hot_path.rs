@@ -398,6 +398,43 @@ fn redaction(c: &mut Criterion) {
     }
 }
 
+/// What the harness's upstream answers (`docs/BENCHMARKS.md`, scenario D) and the longest
+/// value among its response headers: most responses and header values are this small.
+const SMALL_BODY: &[u8] =
+    br#"{"ok":true,"id":"ord_4242","items":[{"sku":"A-1","qty":2},{"sku":"B-7","qty":1}]}"#;
+const DATE_HEADER: &[u8] = b"Fri, 04 Dec 2026 07:23:09 GMT";
+
+fn redaction_small(c: &mut Criterion) {
+    let redaction = redaction_for(1);
+    let mut group = c.benchmark_group("redaction_small");
+    group.bench_function("baseline_copy_81B", |b| {
+        b.iter(|| Bytes::copy_from_slice(black_box(SMALL_BODY)))
+    });
+    // The 81-byte body, and the same with the secret's form quoted (the text grows to 130).
+    let leaking = [
+        &SMALL_BODY[..40],
+        secret_value(0).as_bytes(),
+        &SMALL_BODY[40..],
+    ]
+    .concat();
+    for (state, body) in [("clean", SMALL_BODY), ("leaking", &leaking[..])] {
+        group.bench_function(format!("stream_1_secret_{state}"), |b| {
+            b.iter(|| {
+                let mut redactor = StreamRedactor::new(redaction.clone());
+                redactor.push(black_box(body), true)
+            })
+        });
+    }
+    group.bench_function("header_value_1_secret", |b| {
+        b.iter(|| redaction.redact_header_value(black_box(DATE_HEADER)))
+    });
+    let long_value = [DATE_HEADER, b"; ", DATE_HEADER].concat();
+    group.bench_function("header_value_1_secret_60B", |b| {
+        b.iter(|| redaction.redact_header_value(black_box(&long_value)))
+    });
+    group.finish();
+}
+
 fn snapshot_apply(c: &mut Criterion) {
     use support::large_environment::{large_environment, FUNCTIONS, KEYS, SECRETS};
     let key = OpeningKey::generate();
@@ -469,6 +506,7 @@ criterion_group!(
     scope_decision,
     template_render,
     redaction,
+    redaction_small,
     snapshot_apply,
     secret_first_use
 );

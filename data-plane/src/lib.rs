@@ -15,6 +15,7 @@
 
 pub mod config;
 mod events;
+mod memory;
 mod oauth;
 mod proxy;
 pub mod scope;

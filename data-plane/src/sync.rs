@@ -124,8 +124,12 @@ fn deliver(store: &SnapshotStore, delivery: SnapshotDelivery) {
 fn apply(store: &SnapshotStore, snapshot: EnvironmentSnapshot) {
     let environment_id = snapshot.environment_id;
     let revision = snapshot.revision;
-    if let ApplyOutcome::Stale { held } = store.apply(snapshot) {
-        tracing::debug!(%environment_id, revision, held, "ignoring a snapshot that is not newer");
+    match store.apply(snapshot) {
+        // The replaced environment (and the snapshot's JSON) were just freed.
+        ApplyOutcome::Applied => crate::memory::release_freed(),
+        ApplyOutcome::Stale { held } => {
+            tracing::debug!(%environment_id, revision, held, "ignoring a snapshot that is not newer");
+        }
     }
 }
 
@@ -261,7 +265,10 @@ impl RedisSync {
             tracing::warn!(%environment_id, "notified of a snapshot that is not in Redis");
             return Ok(());
         };
-        let problem = match serde_json::from_str::<EnvironmentSnapshot>(&json) {
+        let parsed = serde_json::from_str::<EnvironmentSnapshot>(&json);
+        // Megabytes for a large environment: not kept while the snapshot compiles.
+        drop(json);
+        let problem = match parsed {
             Ok(snapshot) if snapshot.environment_id == environment_id => {
                 self.unusable.remove(&environment_id);
                 apply(&self.store, snapshot);

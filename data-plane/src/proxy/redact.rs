@@ -41,7 +41,10 @@
 //! ASCII-lowercased copy of the text, made once per chunk for all the request's secrets. When
 //! it finds nothing, no form occurs and the exact search is skipped; otherwise the exact
 //! search only runs in short windows around what it found. Why that loses nothing is argued in
-//! [`RedactionIndex::collect_spans`] and tested against the plain search.
+//! [`RedactionIndex::collect_spans`] and tested against the plain search. The exact automaton
+//! is built only when a secret's prefilter first finds something (most responses hold no
+//! secret), which halves what an opened secret costs in memory and at its first use. Text
+//! shorter than a secret's shortest form (most header values) is not searched for it at all.
 //!
 //! ## Bodies
 //!
@@ -89,9 +92,9 @@
 //! values themselves are).
 
 use std::io::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind, Input, MatchKind};
+use aho_corasick::{packed, AhoCorasick, AhoCorasickKind, Input, MatchKind};
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
@@ -305,23 +308,22 @@ fn json_escape(
 #[error("cannot build the redaction automaton: {0}")]
 pub struct IndexError(#[from] aho_corasick::BuildError);
 
-/// Haystacks shorter than this (header values, names) skip the prefilter: lowering a copy
-/// would cost about as much as the search it could save.
-const PREFILTER_MIN_LEN: usize = 256;
-
 /// The forms of one secret, compiled when the secret is first used.
 pub struct RedactionIndex {
-    /// All forms of the secret; `None` when it is too short to search for.
-    matcher: Option<AhoCorasick>,
+    /// The forms, searched for exactly (overlapping, ASCII-case-insensitive) where the
+    /// prefilter found something. Built the first time that happens, from `patterns`; `None`
+    /// if it could not be built (then whole prefilter windows are masked).
+    matcher: OnceLock<Option<AhoCorasick>>,
+    /// All forms of the secret (for `matcher`); empty when it is too short to search for.
+    patterns: Vec<Zeroizing<Vec<u8>>>,
     /// The same forms, ASCII-lowercased, searched case-sensitively, leftmost-first, in an
     /// ASCII-lowercased copy of the haystack: proves that no form occurs, or tells where
-    /// they can (see [`RedactionIndex::collect_spans`]). Unlike `matcher`, it gets
-    /// aho-corasick's SIMD prefilters.
-    prefilter: Option<AhoCorasick>,
-    /// Number of forms.
-    forms: usize,
+    /// they can (see [`RedactionIndex::collect_spans`]).
+    prefilter: Option<Prefilter>,
     /// Length of the longest form: how much of a chunk must be held back.
     longest: usize,
+    /// Length of the shortest form: shorter text cannot hold one (`usize::MAX`: no forms).
+    shortest: usize,
     /// The value when it is too short to search for: only whole header values are compared.
     short_value: Option<Zeroizing<Vec<u8>>>,
 }
@@ -329,54 +331,71 @@ pub struct RedactionIndex {
 impl std::fmt::Debug for RedactionIndex {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedactionIndex")
-            .field("forms", &self.forms)
+            .field("forms", &self.patterns.len())
             .field("longest", &self.longest)
+            .field("shortest", &self.shortest)
             .field("short_value", &self.short_value.is_some())
             .finish()
     }
 }
 
 impl RedactionIndex {
-    /// Compile the forms of the secret `value`.
+    /// Compile the forms of the secret `value` (the prefilter now, the exact automaton when
+    /// it is first needed).
     pub fn build(value: &str) -> Result<Self, IndexError> {
+        Self::build_with(value, true)
+    }
+
+    /// [`Self::build`], with the packed prefilter allowed or not (tests compare both).
+    fn build_with(value: &str, packed: bool) -> Result<Self, IndexError> {
         let short_value = (!value.is_empty() && value.len() < MIN_SEARCH_LEN)
             .then(|| Zeroizing::new(value.as_bytes().to_vec()));
         let patterns = encoded_forms(value);
         let longest = patterns.iter().map(|p| p.len()).max().unwrap_or(0);
-        let (matcher, prefilter) = if patterns.is_empty() {
-            (None, None)
+        let shortest = patterns.iter().map(|p| p.len()).min().unwrap_or(usize::MAX);
+        let prefilter = if patterns.is_empty() {
+            None
         } else {
             let lowered: Vec<Zeroizing<Vec<u8>>> = patterns
                 .iter()
                 .map(|p| Zeroizing::new(p.to_ascii_lowercase()))
                 .collect();
-            // Contiguous NFAs, not the DFAs aho-corasick picks for so few patterns: they build
-            // in about a fifth of the time (this runs on the first request that injects the
-            // secret), and scanning speed comes from the prefilter's SIMD search either way.
-            (
-                Some(
-                    AhoCorasick::builder()
-                        // Overlapping search needs standard semantics; see `collect_spans`.
-                        .match_kind(MatchKind::Standard)
-                        .ascii_case_insensitive(true)
-                        .kind(Some(AhoCorasickKind::ContiguousNFA))
-                        .build(patterns.iter().map(|p| p.as_slice()))?,
-                ),
-                Some(
-                    AhoCorasick::builder()
-                        .match_kind(MatchKind::LeftmostFirst)
-                        .kind(Some(AhoCorasickKind::ContiguousNFA))
-                        .build(lowered.iter().map(|p| p.as_slice()))?,
-                ),
-            )
+            Some(Prefilter::build(&lowered, packed)?)
         };
         Ok(Self {
-            matcher,
+            matcher: OnceLock::new(),
+            patterns,
             prefilter,
-            forms: patterns.len(),
             longest,
+            shortest,
             short_value,
         })
+    }
+
+    /// The exact automaton, built on first use.
+    fn matcher(&self) -> Option<&AhoCorasick> {
+        self.matcher
+            .get_or_init(|| {
+                AhoCorasick::builder()
+                    // Overlapping search needs standard semantics; see `collect_spans`.
+                    .match_kind(MatchKind::Standard)
+                    .ascii_case_insensitive(true)
+                    .kind(Some(AhoCorasickKind::ContiguousNFA))
+                    .build(self.patterns.iter().map(|p| p.as_slice()))
+                    .inspect_err(|error| {
+                        // The prefilter of the same forms was built, so this is not expected;
+                        // masking whole windows instead over-redacts and never leaks.
+                        tracing::error!(%error, "cannot build a redaction automaton; masking whole windows around matches");
+                    })
+                    .ok()
+            })
+            .as_ref()
+    }
+
+    /// Whether the exact automaton has been built (tests).
+    #[cfg(test)]
+    fn matcher_built(&self) -> bool {
+        self.matcher.get().is_some()
     }
 
     /// Push the occurrences in `haystack` of the secret's forms onto `spans` (unsorted,
@@ -388,15 +407,18 @@ impl RedactionIndex {
         lowered: Option<&[u8]>,
         spans: &mut Vec<(usize, usize)>,
     ) {
-        let Some(matcher) = &self.matcher else {
+        if haystack.len() < self.shortest {
             return;
-        };
+        }
         // Overlapping search: every occurrence of every form, also those inside or across
         // another (so that merging covers them all).
-        let mut exact = |window: std::ops::Range<usize>| {
-            for found in matcher.find_overlapping_iter(Input::new(haystack).range(window)) {
-                spans.push((found.start(), found.end()));
+        let mut exact = |window: std::ops::Range<usize>| match self.matcher() {
+            Some(matcher) => {
+                for found in matcher.find_overlapping_iter(Input::new(haystack).range(window)) {
+                    spans.push((found.start(), found.end()));
+                }
             }
+            None => spans.push((window.start, window.end)),
         };
         let (Some(prefilter), Some(lowered)) = (&self.prefilter, lowered) else {
             exact(0..haystack.len());
@@ -418,20 +440,85 @@ impl RedactionIndex {
         //   so that nothing is reported twice) finds every occurrence `matcher` finds in the
         //   whole haystack.
         let mut window: Option<std::ops::Range<usize>> = None;
-        for found in prefilter.find_iter(lowered) {
-            let end = (found.end() - 1 + self.longest).min(haystack.len());
+        prefilter.for_each(lowered, |start, found_end| {
+            let end = (found_end - 1 + self.longest).min(haystack.len());
             match &mut window {
-                Some(open) if found.start() < open.end => open.end = open.end.max(end),
+                Some(open) if start < open.end => open.end = open.end.max(end),
                 _ => {
-                    if let Some(done) = window.replace(found.start()..end) {
+                    if let Some(done) = window.replace(start..end) {
                         exact(done);
                     }
                 }
             }
-        }
+        });
         if let Some(done) = window {
             exact(done);
         }
+    }
+}
+
+/// A leftmost-first search for a secret's lowered forms (see [`RedactionIndex`]), two ways:
+/// which is faster depends on the text's length (criterion `redaction_small` against
+/// `redaction_4KiB` and `redaction_64KiB`, `docs/BENCHMARKS.md`).
+struct Prefilter {
+    /// aho-corasick's packed searcher, for text shorter than [`PACKED_MAX_LEN`]: Rabin-Karp
+    /// below 16 bytes, SIMD (Teddy) above. `None` without SIMD on this CPU or with too many
+    /// forms.
+    packed: Option<packed::Searcher>,
+    /// For longer text: a contiguous NFA (not the DFA aho-corasick picks for so few patterns:
+    /// it builds in about a fifth of the time, and this runs on the first request that injects
+    /// the secret) with aho-corasick's own prefilter, which skips through text that lacks the
+    /// forms' rare bytes at memchr speed, but stops at each of them: on short text, where
+    /// the start-up of each stop dominates, the packed searcher wins by several times.
+    automaton: AhoCorasick,
+}
+
+/// Text shorter than this is searched with the packed searcher (see [`Prefilter`]).
+const PACKED_MAX_LEN: usize = 1024;
+
+impl Prefilter {
+    fn build(lowered: &[Zeroizing<Vec<u8>>], packed: bool) -> Result<Self, IndexError> {
+        let packed = packed
+            .then(|| {
+                packed::Config::new()
+                    .match_kind(packed::MatchKind::LeftmostFirst)
+                    .builder()
+                    .extend(lowered.iter().map(|p| p.as_slice()))
+                    .build()
+            })
+            .flatten();
+        let automaton = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostFirst)
+            .kind(Some(AhoCorasickKind::ContiguousNFA))
+            .build(lowered.iter().map(|p| p.as_slice()))?;
+        Ok(Self { packed, automaton })
+    }
+
+    /// Call `found(start, end)` for each leftmost-first match in `lowered`, in order. (Both
+    /// searchers find the same matches: leftmost-first semantics are the same.)
+    fn for_each(&self, lowered: &[u8], mut found: impl FnMut(usize, usize)) {
+        match &self.packed {
+            Some(searcher) if lowered.len() < PACKED_MAX_LEN => {
+                for m in searcher.find_iter(lowered) {
+                    found(m.start(), m.end());
+                }
+            }
+            _ => {
+                for m in self.automaton.find_iter(lowered) {
+                    found(m.start(), m.end());
+                }
+            }
+        }
+    }
+
+    /// Heap bytes held by both searchers (tests).
+    #[cfg(test)]
+    fn memory_usage(&self) -> usize {
+        self.automaton.memory_usage()
+            + self
+                .packed
+                .as_ref()
+                .map_or(0, packed::Searcher::memory_usage)
     }
 }
 
@@ -454,11 +541,8 @@ fn merge_spans(spans: &mut Vec<(usize, usize)>) {
 }
 
 /// `haystack` ASCII-lowercased into `buffer` (reused, so no allocation once it is large
-/// enough), for the prefilter; `None` when `haystack` is too short to be worth it.
+/// enough), for the prefilter. (Always `Some`: `None` is the exact search alone, for tests.)
 fn lowercase_into<'b>(haystack: &[u8], buffer: &'b mut Vec<u8>) -> Option<&'b [u8]> {
-    if haystack.len() < PREFILTER_MIN_LEN {
-        return None;
-    }
     buffer.clear();
     buffer.extend_from_slice(haystack);
     buffer.make_ascii_lowercase();
@@ -471,13 +555,29 @@ pub struct RequestRedaction {
     secrets: Vec<Arc<RedactionIndex>>,
     /// Length of the longest form of any of them (0: nothing to search for).
     longest: usize,
+    /// Length of the shortest form of any of them: shorter text holds none.
+    shortest: usize,
 }
 
 impl RequestRedaction {
     /// Redact the secrets whose forms are `secrets` (one index per injected secret).
     pub fn new(secrets: Vec<Arc<RedactionIndex>>) -> Self {
         let longest = secrets.iter().map(|s| s.longest).max().unwrap_or(0);
-        Self { secrets, longest }
+        let shortest = secrets
+            .iter()
+            .map(|s| s.shortest)
+            .min()
+            .unwrap_or(usize::MAX);
+        Self {
+            secrets,
+            longest,
+            shortest,
+        }
+    }
+
+    /// Whether `haystack` is too short to hold any form of the secrets.
+    fn too_short(&self, haystack: &[u8]) -> bool {
+        haystack.len() < self.shortest
     }
 
     /// Occurrences in `haystack` of the forms of every secret, sorted, overlapping ones
@@ -500,6 +600,9 @@ impl RequestRedaction {
     /// `value` with every occurrence (merged) replaced by what `write` appends for its
     /// length, or `None` if none occurs.
     fn replace(&self, value: &[u8], write: impl Fn(&mut Vec<u8>, usize)) -> Option<Vec<u8>> {
+        if self.too_short(value) {
+            return None;
+        }
         let mut spans = Vec::new();
         let mut lowered = Vec::new();
         let lowered = lowercase_into(value, &mut lowered);
@@ -538,6 +641,9 @@ impl RequestRedaction {
     /// Whether a form of the secrets at least `min_len` bytes long occurs in `haystack` (for
     /// header names, which cannot hold the marker: such a header is dropped).
     pub fn occurs_in(&self, haystack: &[u8], min_len: usize) -> bool {
+        if self.too_short(haystack) {
+            return false;
+        }
         let mut spans = Vec::new();
         let mut lowered = Vec::new();
         let lowered = lowercase_into(haystack, &mut lowered);
@@ -589,9 +695,13 @@ impl StreamRedactor {
             len.saturating_sub(longest - 1)
         };
         // Lowered once for all the request's secrets.
-        let lowered = lowercase_into(&self.pending, &mut self.lowered);
-        self.redaction
-            .spans(&self.pending, lowered, &mut self.spans);
+        if self.redaction.too_short(&self.pending) {
+            self.spans.clear();
+        } else {
+            let lowered = lowercase_into(&self.pending, &mut self.lowered);
+            self.redaction
+                .spans(&self.pending, lowered, &mut self.spans);
+        }
         if self.spans.is_empty() && self.open.is_none() {
             return self.pending.split_to(hold).freeze();
         }
@@ -1281,7 +1391,13 @@ mod tests {
         for round in 0..400 {
             // Noise with forms (and bits of forms) dropped in, some letters flipped in case.
             let mut body = Vec::new();
-            while body.len() < 300 + round {
+            // Mostly bodies, every fourth one header-sized.
+            let len = if round % 4 == 0 {
+                round % 60
+            } else {
+                300 + round
+            };
+            while body.len() < len {
                 if next(4) == 0 {
                     let piece = &pieces[next(pieces.len())];
                     let cut = if next(3) == 0 { next(piece.len()) } else { 0 };
@@ -1295,11 +1411,26 @@ mod tests {
                     *byte ^= 0x20;
                 }
             }
-            let redaction = match round % 3 {
-                0 => all(&values),
-                1 => all(&values[1..2]),
-                _ => all(&[values[0], values[3]]),
+            let chosen: &[&str] = match round % 3 {
+                0 => &values,
+                1 => &values[1..2],
+                _ => &[values[0], values[3]],
             };
+            // Every other round with the automaton prefilter instead of the packed one.
+            let packed = round % 2 == 0;
+            let redaction = RequestRedaction::new(
+                chosen
+                    .iter()
+                    .map(|v| Arc::new(RedactionIndex::build_with(v, packed).unwrap()))
+                    .collect(),
+            );
+            assert!(redaction.secrets.iter().all(|s| s
+                .prefilter
+                .as_ref()
+                .unwrap()
+                .packed
+                .is_some()
+                == packed));
             let mut lowered = Vec::new();
             let lowered = lowercase_into(&body, &mut lowered).expect("long enough");
             let (mut with, mut without) = (Vec::new(), Vec::new());
@@ -1308,7 +1439,7 @@ mod tests {
             assert_eq!(with, without, "round {round}: {}", text(&body));
             found_some += usize::from(!with.is_empty());
         }
-        assert!(found_some > 300, "{found_some}");
+        assert!(found_some > 250, "{found_some}");
         // A clean body has no span either way.
         let clean = b"nothing to see here, ".repeat(20);
         let mut lowered = Vec::new();
@@ -1317,6 +1448,69 @@ mod tests {
         let mut spans = vec![(1, 2)];
         all(&values).spans(&clean, lowered, &mut spans);
         assert!(spans.is_empty());
+    }
+
+    #[test]
+    fn the_exact_automaton_is_built_only_when_a_form_is_found() {
+        let secret = index(VALUE);
+        let redaction = RequestRedaction::new(vec![secret.clone()]);
+        let clean = br#"{"ok":true,"id":"ord_4242","items":[{"sku":"A-1","qty":2}]}"#;
+        assert_eq!(redaction.redact(clean), None);
+        assert_eq!(redaction.redact_header_value(b"nginx/1.22.1"), None);
+        assert!(!secret.matcher_built(), "nothing found, nothing built");
+        let leaking = format!("echo: {VALUE}!");
+        let redacted = redaction.redact(leaking.as_bytes()).unwrap();
+        assert_eq!(text(&redacted), format!("echo: {}!", m(VALUE.len())));
+        assert!(secret.matcher_built());
+    }
+
+    #[test]
+    fn what_an_opened_secret_holds_for_redaction() {
+        // A 44-byte API token, as in the benchmark harness.
+        let secret = index("sk_live_642625ea_000000_9f8e7d6c5b4a39281706");
+        let prefilter = secret.prefilter.as_ref().unwrap().memory_usage();
+        let matcher = secret.matcher().unwrap().memory_usage();
+        println!(
+            "{} forms: prefilter {prefilter} bytes, exact automaton {matcher} bytes",
+            secret.patterns.len()
+        );
+        assert!(prefilter < 16 * 1024, "{prefilter}");
+    }
+
+    #[test]
+    fn text_shorter_than_every_form_is_not_searched_and_changes_nothing() {
+        let redaction = all(&["abcdefgh-secret"]);
+        assert_eq!(redaction.shortest, "abcdefgh-secret".len());
+        assert_eq!(redaction.redact(b"abcdefgh-secre"), None);
+        assert!(!redaction.occurs_in(b"abcdefgh-secre", 8));
+        // One byte more and it is found, in any case.
+        assert_eq!(
+            redaction.redact_header_value(b"ABCDEFGH-SECRET").unwrap(),
+            REDACTED
+        );
+        let body = b"abcdefgh-secret";
+        assert_eq!(redact_whole(&redaction, body), m(body.len()).as_bytes());
+        assert_every_two_cuts_agree(&redaction, body, m(body.len()).as_bytes());
+    }
+
+    #[test]
+    fn without_the_exact_automaton_whole_windows_are_masked() {
+        // If the exact automaton could not be built, each prefilter window (from where a form
+        // starts to a longest form past it) is masked: more than needed, never less.
+        let secret = index("token-abc");
+        secret.matcher.set(None).unwrap();
+        let redaction = RequestRedaction::new(vec![secret]);
+        let body = b"before token-abc after and more text";
+        let redacted = redaction.redact(body).unwrap();
+        assert_eq!(redacted.len(), body.len());
+        assert!(!contains(&redacted, b"token-abc"), "{}", text(&redacted));
+        assert!(
+            text(&redacted).starts_with("before ["),
+            "{}",
+            text(&redacted)
+        );
+        let clean = b"nothing to see here, really nothing";
+        assert_eq!(redaction.redact(clean), None);
     }
 
     #[test]
