@@ -528,8 +528,10 @@ impl SnapshotStore {
             }
         }
         let revision = snapshot.revision;
+        let started = std::time::Instant::now();
         // Compile before taking the writer lock: it is the expensive part.
         let compiled = CompiledEnvironment::compile(snapshot, &self.opening_keys);
+        let compile_us = started.elapsed().as_micros();
         let _writer = self
             .writer
             .lock()
@@ -556,7 +558,13 @@ impl SnapshotStore {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             replaced.take_uses(&mut uses);
         }
-        tracing::info!(%environment_id, revision, "environment snapshot applied");
+        tracing::info!(
+            %environment_id,
+            revision,
+            compile_us,
+            swap_us = started.elapsed().as_micros() - compile_us,
+            "environment snapshot applied"
+        );
         ApplyOutcome::Applied
     }
 
