@@ -267,13 +267,12 @@ impl RedisSync {
             return Ok(());
         };
         let read_us = started.elapsed().as_micros();
-        let bytes = json.len();
-        // The largest part of a large snapshot's time to go live (`docs/BENCHMARKS.md`).
         let parsed = serde_json::from_str::<EnvironmentSnapshot>(&json);
-        // Where a snapshot's time to go live goes (`docs/BENCHMARKS.md`); the apply logs the rest.
+        // Where a snapshot's time to go live goes (`docs/BENCHMARKS.md`: the parse is most of
+        // it); the apply logs the rest.
         tracing::debug!(
             %environment_id,
-            bytes,
+            bytes = json.len(),
             read_us,
             parse_us = started.elapsed().as_micros() - read_us,
             "snapshot read from Redis"

@@ -310,6 +310,15 @@ impl AirlockOptions {
 
 /// A running Airlock: either `airlock dev` (one process) or `airlock serve` +
 /// `airlock-data-plane` over Redis.
+/// What [`Airlock::test_env`] creates.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    pub tenant_id: String,
+    pub env_id: String,
+    /// Plaintext of the key granted every function.
+    pub key: String,
+}
+
 pub struct Airlock {
     pub control_url: String,
     pub data_url: String,
@@ -480,6 +489,67 @@ impl Airlock {
             bail!("GraphQL errors: {body}");
         }
         Ok(body["data"].clone())
+    }
+
+    /// A new tenant `tenant`, an environment `prod` in it and an API key `app` granted every
+    /// function: where most end-to-end tests start.
+    pub async fn test_env(&self, tenant: &str) -> Result<TestEnv> {
+        let t = self
+            .graphql_ok(
+                "mutation($n: String!) { createTenant(input: {name: $n}) { id } }",
+                json!({"n": tenant}),
+            )
+            .await?;
+        let tenant_id = t["createTenant"]["id"].as_str().unwrap().to_string();
+        let e = self
+            .graphql_ok(
+                "mutation($t: ID!) { createEnvironment(input: {tenantId: $t, name: \"prod\"}) { id } }",
+                json!({"t": tenant_id}),
+            )
+            .await?;
+        let env_id = e["createEnvironment"]["id"].as_str().unwrap().to_string();
+        let key = self.create_api_key(&env_id, "app").await?;
+        Ok(TestEnv {
+            tenant_id,
+            env_id,
+            key,
+        })
+    }
+
+    /// A new API key `name` in environment `env_id`, granted every function; its plaintext.
+    pub async fn create_api_key(&self, env_id: &str, name: &str) -> Result<String> {
+        let k = self
+            .graphql_ok(
+                "mutation($e: ID!, $n: String!) { createApiKey(input: {environmentId: $e, name: $n, functions: [\"*\"]}) { key } }",
+                json!({"e": env_id, "n": name}),
+            )
+            .await?;
+        Ok(k["createApiKey"]["key"].as_str().unwrap().to_string())
+    }
+
+    /// `createFunction` with `input` (a `CreateFunctionInput` without its tenant) in `env`'s
+    /// tenant.
+    pub async fn create_function(&self, env: &TestEnv, mut input: Value) -> Result<()> {
+        input["tenantId"] = json!(env.tenant_id);
+        self.graphql_ok(
+            "mutation($input: CreateFunctionInput!) { createFunction(input: $input) { id } }",
+            json!({"input": input}),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Set secret `name` in `env`, bound to 127.0.0.1 (where every test upstream listens);
+    /// returns its id.
+    pub async fn set_secret(&self, env: &TestEnv, name: &str, value: &str) -> Result<String> {
+        let data = self
+            .graphql_ok(
+                "mutation($e: ID!, $name: String!, $value: String!) {
+                   setSecret(input: {environmentId: $e, name: $name, value: $value, allowedHosts: [\"127.0.0.1\"]}) { id } }",
+                json!({"e": env.env_id, "name": name, "value": value}),
+            )
+            .await?;
+        Ok(data["setSecret"]["id"].as_str().unwrap().to_string())
     }
 
     /// `POST /v1/functions/{name}/invoke` with `key` and a raw body.

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use airlock_e2e::oidc::{decode_jwt_unverified, OidcClient, OidcConfig, OidcProvider, Ttl};
-use airlock_e2e::{free_port, is_body_mask, Airlock, AirlockOptions, Httpbin, PostgresDb};
+use airlock_e2e::{free_port, is_body_mask, Airlock, AirlockOptions, Httpbin, PostgresDb, TestEnv};
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
@@ -23,8 +23,6 @@ const TOKEN_TTL: u64 = 4;
 /// Airlock refreshes this many seconds before expiry.
 const SKEW: u64 = 1;
 
-const SET_SECRET: &str = "mutation($e: ID!, $name: String!, $value: String!, $hosts: [String!]) {
-    setSecret(input: {environmentId: $e, name: $name, value: $value, allowedHosts: $hosts}) { id } }";
 const CREATE_CLIENT: &str = "mutation($input: CreateOAuthClientInput!) {
     createOAuthClient(input: $input) { id name issuer tokenUrl authorizeUrl clientSecret } }";
 const CREATE_CONNECTION: &str = "mutation($c: ID!, $name: String!) {
@@ -37,90 +35,28 @@ const CONNECTIONS: &str = "query($e: ID!) { oauthConnections(environmentId: $e) 
 const EVENTS: &str = "query($e: ID!) { events(filter: {environmentId: $e}, first: 500) {
     nodes { kind message status function oauthConnection secrets } } }";
 
-/// A tenant, an environment, and a key granted every function.
-struct Env {
-    tenant_id: String,
-    env_id: String,
-    key: String,
-}
-
-async fn environment(airlock: &Airlock, name: &str) -> Result<Env> {
-    let t = airlock
-        .graphql_ok(
-            "mutation($n: String!) { createTenant(input: {name: $n}) { id } }",
-            json!({"n": name}),
-        )
-        .await?;
-    let tenant_id = t["createTenant"]["id"].as_str().unwrap().to_string();
-    let e = airlock
-        .graphql_ok(
-            "mutation($t: ID!) { createEnvironment(input: {tenantId: $t, name: \"prod\"}) { id } }",
-            json!({"t": tenant_id}),
-        )
-        .await?;
-    let env_id = e["createEnvironment"]["id"].as_str().unwrap().to_string();
-    let key = api_key(airlock, &env_id, "app").await?;
-    Ok(Env {
-        tenant_id,
-        env_id,
-        key,
-    })
-}
-
-async fn api_key(airlock: &Airlock, env_id: &str, name: &str) -> Result<String> {
-    let k = airlock
-        .graphql_ok(
-            "mutation($e: ID!, $n: String!) { createApiKey(input: {environmentId: $e, name: $n, functions: [\"*\"]}) { key } }",
-            json!({"e": env_id, "n": name}),
-        )
-        .await?;
-    Ok(k["createApiKey"]["key"].as_str().unwrap().to_string())
-}
-
-async fn function(airlock: &Airlock, env: &Env, input: Value) -> Result<()> {
-    let mut input = input;
-    input["tenantId"] = json!(env.tenant_id);
-    airlock
-        .graphql_ok(
-            "mutation($input: CreateFunctionInput!) { createFunction(input: $input) { id } }",
-            json!({"input": input}),
-        )
-        .await?;
-    Ok(())
-}
-
 /// A function `name` calling httpbin's `/bearer` at `base` with `authorization`.
 async fn bearer_function(
     airlock: &Airlock,
-    env: &Env,
+    env: &TestEnv,
     name: &str,
     base: &str,
     authorization: &str,
 ) -> Result<()> {
-    function(
-        airlock,
-        env,
-        json!({"name": name, "method": "GET", "url": format!("{base}/bearer"),
-               "headers": [{"name": "Authorization", "value": authorization}]}),
-    )
-    .await
-}
-
-async fn set_secret(airlock: &Airlock, env: &Env, name: &str, value: &str) -> Result<()> {
     airlock
-        .graphql_ok(
-            SET_SECRET,
-            json!({"e": env.env_id, "name": name, "value": value, "hosts": ["127.0.0.1"]}),
+        .create_function(
+            env,
+            json!({"name": name, "method": "GET", "url": format!("{base}/bearer"),
+               "headers": [{"name": "Authorization", "value": authorization}]}),
         )
-        .await?;
-    Ok(())
+        .await
 }
 
 /// An OAuth client configured by discovery from `idp`, its secret in vault secret
 /// `secret_name`, tokens allowed to 127.0.0.1; returns its id.
 async fn oauth_client(
     airlock: &Airlock,
-    env: &Env,
+    env: &TestEnv,
     idp: &OidcProvider,
     name: &str,
     client_id: &str,
@@ -146,7 +82,7 @@ async fn oauth_client(
 }
 
 /// The connection named `name`, as GraphQL shows it.
-async fn connection(airlock: &Airlock, env: &Env, name: &str) -> Result<Value> {
+async fn connection(airlock: &Airlock, env: &TestEnv, name: &str) -> Result<Value> {
     let data = airlock
         .graphql_ok(CONNECTIONS, json!({"e": env.env_id}))
         .await?;
@@ -162,7 +98,7 @@ async fn connection(airlock: &Airlock, env: &Env, name: &str) -> Result<Value> {
 /// Poll the connection until `done` holds (reports reach the control plane asynchronously).
 async fn connection_until(
     airlock: &Airlock,
-    env: &Env,
+    env: &TestEnv,
     name: &str,
     what: &str,
     done: impl Fn(&Value) -> bool,
@@ -193,7 +129,7 @@ async fn sleep_until_refresh_due(expires_at: &Value) {
 /// Events of the environment, polled until `kind` has appeared `count` times.
 async fn events_until(
     airlock: &Airlock,
-    env: &Env,
+    env: &TestEnv,
     kind: &str,
     count: usize,
 ) -> Result<Vec<Value>> {
@@ -270,7 +206,7 @@ fn state_files(airlock: &Airlock) -> Result<Vec<u8>> {
 }
 
 /// Airlock's logs and what GraphQL shows of the environment: where a token must never be.
-async fn observable(airlock: &Airlock, env: &Env) -> Result<String> {
+async fn observable(airlock: &Airlock, env: &TestEnv) -> Result<String> {
     let mut seen = airlock.logs();
     for query in [
         CONNECTIONS,
@@ -319,8 +255,10 @@ async fn client_credentials_are_obtained_injected_and_refreshed() -> Result<()> 
     .await?;
     let airlock = Airlock::dev().await?;
     let httpbin = Httpbin::start(airlock.data_dir.path()).await?;
-    let env = environment(&airlock, "oauth-cc").await?;
-    set_secret(&airlock, &env, "CRM_CLIENT_SECRET", &client_secret).await?;
+    let env = airlock.test_env("oauth-cc").await?;
+    airlock
+        .set_secret(&env, "CRM_CLIENT_SECRET", &client_secret)
+        .await?;
     let client = oauth_client(
         &airlock,
         &env,
@@ -443,7 +381,7 @@ async fn client_credentials_are_obtained_injected_and_refreshed() -> Result<()> 
     )
     .await?;
     // Only with the key it was issued to, and only unmodified.
-    let other_key = api_key(&airlock, &env.env_id, "other").await?;
+    let other_key = airlock.create_api_key(&env.env_id, "other").await?;
     let resp = airlock
         .invoke(
             "with_handle",
@@ -482,7 +420,9 @@ async fn client_credentials_are_obtained_injected_and_refreshed() -> Result<()> 
     // A wrong client secret: the provider refuses the next token request (invalid_client),
     // the connection breaks; once the secret is fixed, a reset brings it back.
     let wrong_secret = format!("canary-wrong-{}", uuid::Uuid::new_v4().simple());
-    set_secret(&airlock, &env, "CRM_CLIENT_SECRET", &wrong_secret).await?;
+    airlock
+        .set_secret(&env, "CRM_CLIENT_SECRET", &wrong_secret)
+        .await?;
     let state = connection(&airlock, &env, "crm").await?;
     sleep_until_refresh_due(&state["expiresAt"]).await;
     let (status, code, message) =
@@ -495,7 +435,9 @@ async fn client_credentials_are_obtained_injected_and_refreshed() -> Result<()> 
     assert!(message.contains("invalid_client"), "{message}");
     let broken =
         connection_until(&airlock, &env, "crm", "BROKEN", |c| c["status"] == "BROKEN").await?;
-    set_secret(&airlock, &env, "CRM_CLIENT_SECRET", &client_secret).await?;
+    airlock
+        .set_secret(&env, "CRM_CLIENT_SECRET", &client_secret)
+        .await?;
     let reset = airlock
         .graphql_ok(
             "mutation($c: ID!) { resetOAuthConnection(input: {id: $c}) { status } }",
@@ -547,8 +489,10 @@ async fn authorization_code_refresh_rotation_and_invalid_grant() -> Result<()> {
     })
     .await?;
     let httpbin = Httpbin::start(airlock.data_dir.path()).await?;
-    let env = environment(&airlock, "oauth-ac").await?;
-    set_secret(&airlock, &env, "WEB_CLIENT_SECRET", &client_secret).await?;
+    let env = airlock.test_env("oauth-ac").await?;
+    airlock
+        .set_secret(&env, "WEB_CLIENT_SECRET", &client_secret)
+        .await?;
     let client = oauth_client(
         &airlock,
         &env,
@@ -819,8 +763,10 @@ async fn one_token_request_for_200_concurrent_invokes_across_two_data_planes() -
     let second = airlock.add_data_plane().await?;
     let planes = [airlock.data_url.clone(), second];
     let httpbin = Httpbin::start(airlock.data_dir.path()).await?;
-    let env = environment(&airlock, "oauth-sf").await?;
-    set_secret(&airlock, &env, "CRM_CLIENT_SECRET", &client_secret).await?;
+    let env = airlock.test_env("oauth-sf").await?;
+    airlock
+        .set_secret(&env, "CRM_CLIENT_SECRET", &client_secret)
+        .await?;
     let client = oauth_client(
         &airlock,
         &env,

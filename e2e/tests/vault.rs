@@ -11,68 +11,6 @@ use airlock_e2e::{body_mask, is_body_mask, Airlock, Httpbin, PostgresDb};
 use anyhow::Result;
 use serde_json::{json, Value};
 
-const SET_SECRET: &str = "mutation($e: ID!, $name: String!, $value: String!, $hosts: [String!]) {
-    setSecret(input: {environmentId: $e, name: $name, value: $value, allowedHosts: $hosts}) {
-      id name version } }";
-
-/// A tenant, an environment, and a key granted every function.
-struct Env {
-    tenant_id: String,
-    env_id: String,
-    key: String,
-}
-
-async fn environment(airlock: &Airlock) -> Result<Env> {
-    let t = airlock
-        .graphql_ok(
-            "mutation { createTenant(input: {name: \"vault\"}) { id } }",
-            json!({}),
-        )
-        .await?;
-    let tenant_id = t["createTenant"]["id"].as_str().unwrap().to_string();
-    let e = airlock
-        .graphql_ok(
-            "mutation($t: ID!) { createEnvironment(input: {tenantId: $t, name: \"prod\"}) { id } }",
-            json!({"t": tenant_id}),
-        )
-        .await?;
-    let env_id = e["createEnvironment"]["id"].as_str().unwrap().to_string();
-    let k = airlock
-        .graphql_ok(
-            "mutation($e: ID!) { createApiKey(input: {environmentId: $e, name: \"app\", functions: [\"*\"]}) { key } }",
-            json!({"e": env_id}),
-        )
-        .await?;
-    let key = k["createApiKey"]["key"].as_str().unwrap().to_string();
-    Ok(Env {
-        tenant_id,
-        env_id,
-        key,
-    })
-}
-
-async fn function(airlock: &Airlock, env: &Env, input: Value) -> Result<()> {
-    let mut input = input;
-    input["tenantId"] = json!(env.tenant_id);
-    airlock
-        .graphql_ok(
-            "mutation($input: CreateFunctionInput!) { createFunction(input: $input) { id } }",
-            json!({"input": input}),
-        )
-        .await?;
-    Ok(())
-}
-
-async fn set_secret(airlock: &Airlock, env: &Env, name: &str, value: &str) -> Result<String> {
-    let data = airlock
-        .graphql_ok(
-            SET_SECRET,
-            json!({"e": env.env_id, "name": name, "value": value, "hosts": ["127.0.0.1"]}),
-        )
-        .await?;
-    Ok(data["setSecret"]["id"].as_str().unwrap().to_string())
-}
-
 /// A canary value with characters that change under every encoding the redactor knows.
 fn canary(tag: &str) -> String {
     format!("canary-{tag}/+={}", uuid::Uuid::new_v4().simple())
@@ -113,34 +51,34 @@ async fn error_code(resp: reqwest::Response) -> (u16, String) {
 async fn exfiltration_is_refused_and_recorded() -> Result<()> {
     let airlock = Airlock::dev().await?;
     let httpbin = Httpbin::start(airlock.data_dir.path()).await?;
-    let env = environment(&airlock).await?;
+    let env = airlock.test_env("vault").await?;
     let token = canary("exfil");
-    set_secret(&airlock, &env, "TOKEN", &token).await?;
+    airlock.set_secret(&env, "TOKEN", &token).await?;
     // `localhost` is the same server as 127.0.0.1, but not a host TOKEN is bound to.
     let elsewhere = httpbin.url.replace("127.0.0.1", "localhost");
     let marker = uuid::Uuid::new_v4().simple().to_string();
-    function(
-        &airlock,
-        &env,
-        json!({"name": "leak_header", "method": "GET",
+    airlock
+        .create_function(
+            &env,
+            json!({"name": "leak_header", "method": "GET",
                "url": format!("{elsewhere}/anything/{marker}-header"),
                "headers": [{"name": "X-Leak", "value": "{{secrets.TOKEN}}"}]}),
-    )
-    .await?;
-    function(
-        &airlock,
-        &env,
-        json!({"name": "echo_elsewhere", "method": "GET",
+        )
+        .await?;
+    airlock
+        .create_function(
+            &env,
+            json!({"name": "echo_elsewhere", "method": "GET",
                "url": format!("{elsewhere}/anything/{marker}-ref?v={{{{args.v}}}}")}),
-    )
-    .await?;
-    function(
-        &airlock,
-        &env,
-        json!({"name": "echo_bound", "method": "GET",
+        )
+        .await?;
+    airlock
+        .create_function(
+            &env,
+            json!({"name": "echo_bound", "method": "GET",
                "url": format!("{}/anything/{marker}-bound?v={{{{args.v}}}}", httpbin.url)}),
-    )
-    .await?;
+        )
+        .await?;
 
     let resp = airlock.invoke("leak_header", &env.key, json!({})).await?;
     assert_eq!(error_code(resp).await, (403, "secret_host_denied".into()));
@@ -205,9 +143,9 @@ async fn exfiltration_is_refused_and_recorded() -> Result<()> {
 async fn echoed_secrets_are_redacted() -> Result<()> {
     let airlock = Airlock::dev().await?;
     let httpbin = Httpbin::start(airlock.data_dir.path()).await?;
-    let env = environment(&airlock).await?;
+    let env = airlock.test_env("vault").await?;
     let token = canary("redact");
-    set_secret(&airlock, &env, "TOKEN", &token).await?;
+    airlock.set_secret(&env, "TOKEN", &token).await?;
     let auth = json!([{"name": "Authorization", "value": "Bearer {{secrets.TOKEN}}"}]);
     for (name, path) in [
         ("headers", "/headers"),
@@ -218,13 +156,13 @@ async fn echoed_secrets_are_redacted() -> Result<()> {
             "/response-headers?X-Echo={{secrets.TOKEN}}",
         ),
     ] {
-        function(
-            &airlock,
-            &env,
-            json!({"name": name, "method": "GET", "url": format!("{}{path}", httpbin.url),
+        airlock
+            .create_function(
+                &env,
+                json!({"name": name, "method": "GET", "url": format!("{}{path}", httpbin.url),
                    "headers": auth}),
-        )
-        .await?;
+            )
+            .await?;
     }
 
     // /headers: the Authorization header comes back in the JSON body.
@@ -301,18 +239,18 @@ async fn tampered_or_swapped_ciphertext_fails_closed() -> Result<()> {
     let prefix = format!("airlock-e2e-{}", uuid::Uuid::new_v4().simple());
     let airlock = Airlock::split(&db.url, &prefix).await?;
     let httpbin = Httpbin::start(airlock.data_dir.path()).await?;
-    let env = environment(&airlock).await?;
-    set_secret(&airlock, &env, "A", &canary("a")).await?;
-    let b = set_secret(&airlock, &env, "B", &canary("b")).await?;
+    let env = airlock.test_env("vault").await?;
+    airlock.set_secret(&env, "A", &canary("a")).await?;
+    let b = airlock.set_secret(&env, "B", &canary("b")).await?;
     let marker = uuid::Uuid::new_v4().simple().to_string();
-    function(
-        &airlock,
-        &env,
-        json!({"name": "uses_b", "method": "GET",
+    airlock
+        .create_function(
+            &env,
+            json!({"name": "uses_b", "method": "GET",
                "url": format!("{}/anything/{marker}", httpbin.url),
                "headers": [{"name": "X-B", "value": "{{secrets.B}}"}]}),
-    )
-    .await?;
+        )
+        .await?;
     wait_live(&airlock, &airlock.data_url, "uses_b", &env.key, json!({})).await;
     assert_eq!(
         airlock
@@ -429,16 +367,16 @@ async fn rotation_under_load_across_two_data_planes() -> Result<()> {
     let second = airlock.add_data_plane().await?;
     let planes = [airlock.data_url.clone(), second];
     let httpbin = Httpbin::start(airlock.data_dir.path()).await?;
-    let env = environment(&airlock).await?;
+    let env = airlock.test_env("vault").await?;
     let mut values = vec![canary("v0")];
-    set_secret(&airlock, &env, "TOKEN", &values[0]).await?;
-    function(
-        &airlock,
-        &env,
-        json!({"name": "bearer", "method": "GET", "url": format!("{}/bearer", httpbin.url),
+    airlock.set_secret(&env, "TOKEN", &values[0]).await?;
+    airlock
+        .create_function(
+            &env,
+            json!({"name": "bearer", "method": "GET", "url": format!("{}/bearer", httpbin.url),
                "headers": [{"name": "Authorization", "value": "Bearer {{secrets.TOKEN}}"}]}),
-    )
-    .await?;
+        )
+        .await?;
     for plane in &planes {
         wait_live(&airlock, plane, "bearer", &env.key, json!({})).await;
     }
@@ -468,7 +406,7 @@ async fn rotation_under_load_across_two_data_planes() -> Result<()> {
     for round in 1..=10 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let value = canary(&format!("v{round}"));
-        set_secret(&airlock, &env, "TOKEN", &value).await?;
+        airlock.set_secret(&env, "TOKEN", &value).await?;
         values.push(value);
     }
     // The last value reaches both data planes within a second.
