@@ -153,7 +153,7 @@ fn key_lookup(c: &mut Criterion) {
     group.bench_function("baseline_hashmap_of_plain_tokens", |b| {
         b.iter(|| plain.get(black_box(known.as_str())).copied())
     });
-    group.bench_function("sha256_hex_only", |b| {
+    group.bench_function("sha256_only", |b| {
         b.iter(|| ApiKeyHash::of(black_box(&known)))
     });
     // What `authenticate` does: hash, look up, clone the binding (an `Arc`).
@@ -469,6 +469,22 @@ fn snapshot_apply(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the sync service does with the JSON it read from Redis before compiling it: parse it
+/// (`serde_json::from_str`, as `sync.rs`), for the large environment of `snapshot_apply`.
+fn snapshot_parse(c: &mut Criterion) {
+    use support::large_environment::large_environment;
+    let json = serde_json::to_string(&large_environment(&OpeningKey::generate())).expect("json");
+    let mut group = c.benchmark_group("snapshot_parse");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    group.throughput(Throughput::Bytes(json.len() as u64));
+    // The parsed snapshot is returned so that dropping it is not timed.
+    group.bench_function("parse_10k_keys_1k_functions_10k_secrets", |b| {
+        b.iter(|| serde_json::from_str::<EnvironmentSnapshot>(black_box(&json)).expect("parses"))
+    });
+    group.finish();
+}
+
 /// The first use of a secret (open it, compute its forms, build its automaton) against a
 /// warm use (the cached automaton), as `request_redaction` does for a request injecting it.
 fn secret_first_use(c: &mut Criterion) {
@@ -508,6 +524,7 @@ criterion_group!(
     redaction,
     redaction_small,
     snapshot_apply,
+    snapshot_parse,
     secret_first_use
 );
 criterion_main!(benches);

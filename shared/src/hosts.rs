@@ -31,20 +31,27 @@ impl HostPattern {
         if text.is_empty() {
             return Err(HostPatternError::Empty);
         }
-        let lower = text.to_ascii_lowercase();
-        let invalid = || HostPatternError::Invalid(text.to_string());
+        Self::checked(text.to_ascii_lowercase())
+            .map_err(|_| HostPatternError::Invalid(text.to_string()))
+    }
+
+    /// `lower` (trimmed, lower case) as a pattern, or `lower` back if it is not one.
+    fn checked(lower: String) -> Result<Self, String> {
         let domain = lower.strip_prefix("*.").unwrap_or(&lower);
-        let is_ip = domain.parse::<std::net::IpAddr>().is_ok();
-        if is_ip && domain.len() != lower.len() {
-            return Err(invalid()); // `*.10.0.0.1` makes no sense
+        // An IPv4 address starts with a digit, an IPv6 one holds a colon; most names do neither.
+        let may_be_ip = domain.starts_with(|c: char| c.is_ascii_digit()) || domain.contains(':');
+        let is_ip = may_be_ip && domain.parse::<std::net::IpAddr>().is_ok();
+        let valid = if is_ip {
+            domain.len() == lower.len() // `*.10.0.0.1` makes no sense
+        } else {
+            // `*.com`: a whole top-level domain is not a binding
+            is_domain(domain) && (domain.len() == lower.len() || domain.contains('.'))
+        };
+        if valid {
+            Ok(Self(lower))
+        } else {
+            Err(lower)
         }
-        if !is_ip && !is_domain(domain) {
-            return Err(invalid());
-        }
-        if !is_ip && domain.len() != lower.len() && !domain.contains('.') {
-            return Err(invalid()); // `*.com`: a whole top-level domain is not a binding
-        }
-        Ok(Self(lower))
     }
 
     pub fn as_str(&self) -> &str {
@@ -72,7 +79,15 @@ impl HostPattern {
 impl TryFrom<String> for HostPattern {
     type Error = HostPatternError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
-        Self::parse(&value)
+        // Patterns in snapshots are already normalised: keep the string instead of a copy.
+        let normalised = !value.is_empty()
+            && value.trim().len() == value.len()
+            && !value.bytes().any(|b| b.is_ascii_uppercase());
+        if normalised {
+            Self::checked(value).map_err(HostPatternError::Invalid)
+        } else {
+            Self::parse(&value)
+        }
     }
 }
 
@@ -93,17 +108,20 @@ pub fn is_allowed(patterns: &[HostPattern], host: &str) -> bool {
     patterns.iter().any(|p| p.matches(host))
 }
 
+/// Labels of 1 to 63 letters, digits, `-` or `_`, not starting or ending with `-`, joined
+/// by single dots; at most [`MAX_HOST_LEN`] in all. One pass over the bytes: every secret
+/// binding of a snapshot is checked when it is parsed.
 fn is_domain(s: &str) -> bool {
-    s.len() <= MAX_HOST_LEN
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    if s.is_empty() || s.len() > MAX_HOST_LEN {
+        return false;
+    }
+    s.as_bytes().split(|&b| b == b'.').all(|label| {
+        matches!((label.first(), label.last()), (Some(&first), Some(&last)) if first != b'-' && last != b'-')
+            && label.len() <= 63
+            && label
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
 }
 
 #[cfg(test)]
@@ -124,6 +142,10 @@ mod tests {
         assert!(!p("api.example.com").matches("evilapi.example.com"));
         assert!(p("127.0.0.1").matches("127.0.0.1"));
         assert!(p("::1").matches("::1"));
+        assert!(p("2001:DB8::1").matches("2001:db8::1"));
+        // Names may start with a digit without being addresses.
+        assert!(p("1password.com").matches("1password.com"));
+        assert!(p("*.1password.com").matches("my.1password.com"));
     }
 
     #[test]
@@ -156,8 +178,16 @@ mod tests {
             "-a.com",
             "a..com",
             "*.10.0.0.1",
+            "*.::1",
+            "1.2.3.4.5:80",
         ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad:?}");
+            // Deserializing (a snapshot) refuses the same, normalised or not.
+            let json = serde_json::to_string(bad).unwrap();
+            assert!(
+                serde_json::from_str::<HostPattern>(&json).is_err(),
+                "{bad:?}"
+            );
         }
     }
 
@@ -165,6 +195,14 @@ mod tests {
     fn serde_validates() {
         let ok: HostPattern = serde_json::from_str("\"*.Example.com\"").unwrap();
         assert_eq!(ok.as_str(), "*.example.com");
+        let ok: HostPattern = serde_json::from_str("\" api.example.com \"").unwrap();
+        assert_eq!(ok.as_str(), "api.example.com");
+        let ok: HostPattern = serde_json::from_str("\"10.0.0.1\"").unwrap();
+        assert_eq!(ok.as_str(), "10.0.0.1");
         assert!(serde_json::from_str::<HostPattern>("\"*\"").is_err());
+        match serde_json::from_str::<HostPattern>("\"ex ample.com\"") {
+            Err(error) => assert!(error.to_string().contains("ex ample.com"), "{error}"),
+            Ok(pattern) => panic!("accepted {pattern}"),
+        }
     }
 }

@@ -24,8 +24,10 @@ pub struct EnvironmentSnapshot {
     /// older revision (notifications can arrive out of order).
     pub revision: i64,
     /// Functions of the tenant, by name. Defined once per tenant, run in this environment.
+    #[serde(deserialize_with = "sorted_map::deserialize")]
     pub functions: BTreeMap<String, FunctionSpec>,
     /// Current version of each secret of this environment, by name, sealed, with its binding.
+    #[serde(deserialize_with = "sorted_map::deserialize")]
     pub secrets: BTreeMap<String, SecretEntry>,
     /// API keys of this environment.
     pub api_keys: Vec<ApiKeyGrant>,
@@ -38,6 +40,40 @@ pub struct EnvironmentSnapshot {
     /// Authorization-code flows waiting for their callback (unexpired, unused).
     #[serde(default)]
     pub oauth_authorizations: Vec<PendingAuthorization>,
+}
+
+/// Maps of a snapshot arrive in key order (they were serialized from `BTreeMap`s): collected
+/// into a `Vec` first, they become a `BTreeMap` in one sorted bulk build (`FromIterator`)
+/// instead of a search from the root per entry. Any order still works; a repeated key keeps
+/// its last value, as `insert` would.
+mod sorted_map {
+    use std::collections::BTreeMap;
+    use std::fmt;
+    use std::marker::PhantomData;
+
+    use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+
+    pub fn deserialize<'de, D, V>(deserializer: D) -> Result<BTreeMap<String, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        V: Deserialize<'de>,
+    {
+        struct Entries<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Entries<V> {
+            type Value = BTreeMap<String, V>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(4096));
+                while let Some(entry) = map.next_entry::<String, V>()? {
+                    entries.push(entry);
+                }
+                Ok(entries.into_iter().collect())
+            }
+        }
+        deserializer.deserialize_map(Entries(PhantomData))
+    }
 }
 
 /// One secret as a data plane receives it: the sealed current version and the hosts it may
@@ -135,6 +171,46 @@ mod tests {
         json.as_object_mut().unwrap().remove("expires_at");
         let parsed: ApiKeyGrant = serde_json::from_value(json).unwrap();
         assert_eq!(parsed.expires_at, None);
+    }
+
+    #[test]
+    fn snapshot_maps_parse_in_any_order_and_a_repeated_name_keeps_its_last_value() {
+        let function = |url: &str| {
+            serde_json::json!({"id": Uuid::nil(), "name": "f", "method": "GET", "url": url,
+                "headers": [], "body": null, "timeout_ms": 1000})
+        };
+        let snapshot = |functions: &str| {
+            format!(
+                r#"{{"tenant_id":"{nil}","environment_id":"{nil}","revision":1,
+                "functions":{functions},"secrets":{{}},"api_keys":[]}}"#,
+                nil = Uuid::nil()
+            )
+        };
+        let (a, b, c) = (
+            function("https://a"),
+            function("https://b"),
+            function("https://c"),
+        );
+        let parsed: EnvironmentSnapshot = serde_json::from_str(&snapshot(&format!(
+            r#"{{"b":{b},"a":{a},"c":{c},"a":{c}}}"#
+        )))
+        .unwrap();
+        let urls: Vec<(&str, &str)> = parsed
+            .functions
+            .iter()
+            .map(|(name, spec)| (name.as_str(), spec.url.as_str()))
+            .collect();
+        assert_eq!(
+            urls,
+            [("a", "https://c"), ("b", "https://b"), ("c", "https://c")]
+        );
+        // Round trip: what the control plane publishes parses back to itself.
+        let json = serde_json::to_string(&parsed).unwrap();
+        assert_eq!(
+            serde_json::from_str::<EnvironmentSnapshot>(&json).unwrap(),
+            parsed
+        );
+        assert!(serde_json::from_str::<EnvironmentSnapshot>(&snapshot("[]")).is_err());
     }
 
     #[test]

@@ -247,7 +247,7 @@ async fn insert_key(
         environment_id: Set(key.environment_id),
         name: Set(key.name.to_string()),
         prefix: Set(generated.prefix.clone()),
-        key_hash: Set(generated.hash.as_str().to_string()),
+        key_hash: Set(generated.hash.to_hex()),
         functions: Set(serde_json::to_string(key.functions).map_err(AppError::internal)?),
         created_at: Set(key.created_at),
         expires_at: Set(key.expires_at),
@@ -463,12 +463,18 @@ fn parse_functions(model: &api_key_entity::Model) -> Result<Vec<String>, AppErro
 
 fn from_model(model: api_key_entity::Model) -> Result<ApiKey, AppError> {
     let functions = parse_functions(&model)?;
+    let hash = ApiKeyHash::from_hex(&model.key_hash).map_err(|e| {
+        AppError::internal(anyhow::anyhow!(
+            "API key {} has a malformed stored hash: {e}",
+            model.id
+        ))
+    })?;
     Ok(ApiKey {
         id: model.id,
         environment_id: model.environment_id,
         name: model.name,
         prefix: model.prefix,
-        hash: ApiKeyHash::from_hex(model.key_hash),
+        hash,
         functions,
         created_at: model.created_at,
         expires_at: model.expires_at,
