@@ -229,10 +229,10 @@ async fn serve_stores_events_from_the_redis_stream() {
         .arg(names.events_stream())
         .arg("MAXLEN")
         .arg("~")
-        .arg(1_000_000)
+        .arg(airlock_data_plane::STREAM_MAX_LEN)
         .arg("*")
-        .arg("event")
-        .arg(serde_json::to_string(&event).unwrap())
+        .arg(airlock_shared::events::EVENTS_FIELD)
+        .arg(serde_json::to_string(&[&event]).unwrap())
         .query_async(&mut redis)
         .await
         .unwrap();

@@ -237,13 +237,14 @@ async fn cleanup(names: &RedisNames) {
     }
 }
 
-/// What a data plane does: `XADD <stream> MAXLEN ~ 1000000 * event <json>`.
+/// What a data plane does: `XADD <stream> MAXLEN ~ 100000 * events <json array>` (or, before
+/// batched entries, `... * event <json>`).
 async fn xadd(names: &RedisNames, field: &str, payload: &str) -> String {
     redis::cmd("XADD")
         .arg(names.events_stream())
         .arg("MAXLEN")
         .arg("~")
-        .arg(1_000_000)
+        .arg(airlock_data_plane::STREAM_MAX_LEN)
         .arg("*")
         .arg(field)
         .arg(payload)
@@ -290,17 +291,47 @@ async fn redis_entries_are_stored_and_acknowledged(app: TestApp) {
     xadd(&names, "event", "{not json").await;
     xadd(&names, "something-else", "{}").await;
     xadd(&names, "event", r#"{"id":"x"}"#).await;
+    // A data plane's batched entry: consecutive events in one array.
+    let error = GatewayEvent {
+        status: 502,
+        ..event(EventKind::UpstreamError, Some(tenant), Some(environment))
+    };
+    let unreachable = GatewayEvent {
+        status: 502,
+        ..event(
+            EventKind::UpstreamUnreachable,
+            Some(tenant),
+            Some(environment),
+        )
+    };
+    xadd(
+        &names,
+        "events",
+        &serde_json::to_string(&[&error, &unreachable]).unwrap(),
+    )
+    .await;
+    // One bad event in an array: the whole entry is skipped (and acknowledged).
+    let skipped = event(EventKind::UpstreamError, Some(tenant), Some(environment));
+    xadd(
+        &names,
+        "events",
+        &format!(
+            r#"[{},{{"id":"x"}}]"#,
+            serde_json::to_string(&skipped).unwrap()
+        ),
+    )
+    .await;
 
     let source = RedisEvents::new(fast_config(&names, REDIS_URL)).unwrap();
     let consumer = source.consumer().to_string();
     let ingester = EventIngester::start(db.clone(), source);
     send_over_redis(&names, &timeout).await;
     eventually(
-        "both events are stored and every entry acknowledged",
+        "the four events are stored and every entry acknowledged",
         || {
             let db = db.clone();
             let names = names.clone();
-            async move { all_events(&db).await.len() == 2 && pending_count(&names).await == 0 }
+            async move { all_events(&db).await.len() == 4 && pending_count(&names).await == 0 }
         },
     )
     .await;
@@ -320,12 +351,17 @@ async fn redis_entries_are_stored_and_acknowledged(app: TestApp) {
     })
     .await;
     let stats = ingester.shutdown().await;
-    assert_eq!(stats.stored, 2);
+    assert_eq!(stats.stored, 4);
     assert_eq!(stats.duplicates, 2);
 
     assert_eq!(
         all_events(&db).await,
-        sorted_newest_first(vec![used.clone(), timeout.clone()])
+        sorted_newest_first(vec![
+            used.clone(),
+            timeout.clone(),
+            error.clone(),
+            unreachable.clone()
+        ])
     );
     assert_eq!(secret_use_audit(&db).await.len(), 1);
     assert_eq!(pending_count(&names).await, 0);

@@ -6,9 +6,10 @@
 //! Pingora background service, [`EventDelivery`], drains the queue in batches to the
 //! [`EventSink`]:
 //!
-//! - Redis: one pipeline of `XADD <stream> MAXLEN ~ 1000000 * event <json>` per batch. When
-//!   Redis is unreachable the batch is kept and retried with backoff; meanwhile the queue
-//!   keeps absorbing events up to its capacity.
+//! - Redis: one pipeline per batch, in which consecutive events share stream entries of up to
+//!   [`ENTRY_MAX_EVENTS`]: `XADD <stream> MAXLEN ~ 100000 * events <JSON array>`. When Redis
+//!   is unreachable the batch is kept and retried with backoff; meanwhile the queue keeps
+//!   absorbing events up to its capacity.
 //! - In-process (`airlock dev`): each event is sent on the control plane's channel.
 //!
 //! Events carry names and ids only: building them is the caller's job, and
@@ -17,7 +18,7 @@
 //! The same queue and transport carry [`KeyUsageReport`]s: [`KeyUsageReporter`] collects
 //! the keys used since its last round from the snapshot store (atomics written by the
 //! request path) every [`KEY_USAGE_INTERVAL`] and queues one report for all of them. On Redis
-//! a report is an entry with a `key_usage` field instead of `event`; in process it is a
+//! a report is an entry of its own with a `key_usage` field; in process it is a
 //! [`DataPlaneMessage::KeyUsage`]. The control plane applies it to `api_keys.last_used_at`
 //! and stores no event for it.
 
@@ -26,7 +27,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_shared::events::{
-    DataPlaneMessage, GatewayEvent, KeyUsageReport, EVENT_FIELD, KEY_USAGE_FIELD, OAUTH_FIELD,
+    DataPlaneMessage, GatewayEvent, KeyUsageReport, ENTRY_MAX_EVENTS, EVENTS_FIELD,
+    KEY_USAGE_FIELD, OAUTH_FIELD,
 };
 use airlock_shared::keys::RedisNames;
 use async_trait::async_trait;
@@ -42,7 +44,7 @@ pub enum EventSink {
     Disabled,
     /// `airlock dev`: to the control plane in the same process (events and key usage).
     InProcess(mpsc::UnboundedSender<DataPlaneMessage>),
-    /// Redis Streams: `XADD <names.events_stream()> MAXLEN ~ 1000000 * event <GatewayEvent JSON>`
+    /// Redis Streams: `XADD <names.events_stream()> MAXLEN ~ 100000 * events <[GatewayEvent] JSON>`
     /// (and `... * key_usage <KeyUsageReport JSON>` for key usage).
     Redis {
         /// `redis://`, `rediss://` or `unix://` URL.
@@ -68,8 +70,12 @@ impl std::fmt::Debug for EventSink {
 
 /// Events held in memory at most, waiting for delivery.
 pub const EVENT_QUEUE_CAPACITY: usize = 10_000;
-/// Approximate length the Redis stream is trimmed to.
-pub const STREAM_MAX_LEN: usize = 1_000_000;
+/// Approximate length, in entries, the Redis stream is trimmed to. An entry holds up to
+/// [`ENTRY_MAX_EVENTS`] events (or one report), so a stream nobody reads keeps the last
+/// 100 000 to 1 600 000 events: about 100 000 when events are rare (a delivery round then
+/// finds one), up to 1.6 million under load, at most about 0.8 GB of Redis memory (events of
+/// about 500 bytes).
+pub const STREAM_MAX_LEN: usize = 100_000;
 /// A warning is logged for the first dropped event and then every this many.
 pub const DROP_WARN_EVERY: u64 = 1_000;
 /// How often key usage is collected and reported (the delay of `lastUsedAt`).
@@ -396,33 +402,34 @@ struct RedisWriter {
 }
 
 impl RedisWriter {
-    /// Append `batch` to the stream in one pipeline. On error the connection is dropped, so
-    /// the next attempt reconnects.
+    /// Append `batch` to the stream in one pipeline: runs of consecutive events as entries of
+    /// up to [`ENTRY_MAX_EVENTS`], each report as an entry of its own. On error the connection
+    /// is dropped, so the next attempt reconnects.
     async fn write(&mut self, batch: &[DataPlaneMessage]) -> Result<(), DeliveryError> {
         let mut pipeline = redis::pipe();
+        let mut events: Vec<&GatewayEvent> = Vec::with_capacity(ENTRY_MAX_EVENTS);
         for message in batch {
-            // Serializing ids, names and plain strings cannot fail; skip rather than stall.
             let (field, json) = match message {
-                DataPlaneMessage::Event(event) => (EVENT_FIELD, serde_json::to_string(event)),
-                DataPlaneMessage::KeyUsage(report) => {
-                    (KEY_USAGE_FIELD, serde_json::to_string(report))
+                DataPlaneMessage::Event(event) => {
+                    events.push(event);
+                    if events.len() == ENTRY_MAX_EVENTS {
+                        self.append(&mut pipeline, EVENTS_FIELD, serde_json::to_vec(&events));
+                        events.clear();
+                    }
+                    continue;
                 }
-                DataPlaneMessage::OAuth(report) => (OAUTH_FIELD, serde_json::to_string(report)),
+                DataPlaneMessage::KeyUsage(report) => (KEY_USAGE_FIELD, serde_json::to_vec(report)),
+                DataPlaneMessage::OAuth(report) => (OAUTH_FIELD, serde_json::to_vec(report)),
             };
-            let Ok(json) = json else {
-                tracing::error!(field, "cannot serialize a message for the event stream");
-                continue;
-            };
-            pipeline
-                .cmd("XADD")
-                .arg(&self.stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(STREAM_MAX_LEN)
-                .arg("*")
-                .arg(field)
-                .arg(json)
-                .ignore();
+            // A report keeps its place after the events before it.
+            if !events.is_empty() {
+                self.append(&mut pipeline, EVENTS_FIELD, serde_json::to_vec(&events));
+                events.clear();
+            }
+            self.append(&mut pipeline, field, json);
+        }
+        if !events.is_empty() {
+            self.append(&mut pipeline, EVENTS_FIELD, serde_json::to_vec(&events));
         }
         let result = async {
             let connection = match &mut self.connection {
@@ -451,6 +458,30 @@ impl RedisWriter {
             self.connection = None;
         }
         result
+    }
+
+    /// Add `XADD <stream> MAXLEN ~ STREAM_MAX_LEN * <field> <json>` to `pipeline`.
+    fn append(
+        &self,
+        pipeline: &mut redis::Pipeline,
+        field: &'static str,
+        json: serde_json::Result<Vec<u8>>,
+    ) {
+        // Serializing ids, names and plain strings cannot fail; skip rather than stall.
+        let Ok(json) = json else {
+            tracing::error!(field, "cannot serialize a message for the event stream");
+            return;
+        };
+        pipeline
+            .cmd("XADD")
+            .arg(&self.stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(STREAM_MAX_LEN)
+            .arg("*")
+            .arg(field)
+            .arg(json)
+            .ignore();
     }
 }
 
@@ -492,6 +523,8 @@ impl BackgroundService for KeyUsageReporter {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use airlock_shared::events::EventKind;
     use chrono::Utc;
     use uuid::Uuid;
@@ -564,6 +597,86 @@ mod tests {
         // Once delivery has stopped, emitting counts a drop instead of blocking.
         emitter.emit(event("late"));
         assert_eq!(emitter.dropped(), 1);
+    }
+
+    /// Consecutive events share entries of up to `ENTRY_MAX_EVENTS`; a report is an entry of
+    /// its own and keeps its place in the order (real Redis at 127.0.0.1:6379).
+    #[tokio::test]
+    async fn redis_entries_group_consecutive_events_and_keep_the_order() {
+        let stream = format!("test-{}:events", Uuid::new_v4());
+        let mut writer = RedisWriter {
+            client: redis::Client::open("redis://127.0.0.1:6379").unwrap(),
+            stream: stream.clone(),
+            connection: None,
+        };
+        let report = KeyUsageReport {
+            uses: vec![airlock_shared::events::KeyUse {
+                api_key_id: Uuid::nil(),
+                last_used_at: chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap(),
+            }],
+        };
+        let mut batch: Vec<DataPlaneMessage> = (0..20)
+            .map(|i| DataPlaneMessage::Event(event(&format!("a{i}"))))
+            .collect();
+        batch.push(DataPlaneMessage::KeyUsage(report.clone()));
+        batch.extend((0..3).map(|i| DataPlaneMessage::Event(event(&format!("b{i}")))));
+        writer.write(&batch).await.unwrap();
+        writer
+            .write(&[DataPlaneMessage::Event(event("c0"))])
+            .await
+            .unwrap();
+
+        let mut con = writer
+            .client
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let entries: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+            .arg(&stream)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut con)
+            .await
+            .unwrap();
+        redis::cmd("DEL")
+            .arg(&stream)
+            .query_async::<()>(&mut con)
+            .await
+            .unwrap();
+        let shape: Vec<(String, Vec<String>)> = entries
+            .into_iter()
+            .map(|(_, fields)| {
+                assert_eq!(fields.len(), 1, "{fields:?}");
+                let (field, json) = fields.into_iter().next().unwrap();
+                let ids = if field == EVENTS_FIELD {
+                    serde_json::from_str::<Vec<GatewayEvent>>(&json)
+                        .unwrap()
+                        .into_iter()
+                        .map(|event| event.request_id)
+                        .collect()
+                } else {
+                    assert_eq!(
+                        serde_json::from_str::<KeyUsageReport>(&json).unwrap(),
+                        report
+                    );
+                    vec![]
+                };
+                (field, ids)
+            })
+            .collect();
+        let ids = |prefix: &str, range: std::ops::Range<usize>| -> Vec<String> {
+            range.map(|i| format!("{prefix}{i}")).collect()
+        };
+        assert_eq!(
+            shape,
+            vec![
+                (EVENTS_FIELD.to_string(), ids("a", 0..ENTRY_MAX_EVENTS)),
+                (EVENTS_FIELD.to_string(), ids("a", ENTRY_MAX_EVENTS..20)),
+                (KEY_USAGE_FIELD.to_string(), vec![]),
+                (EVENTS_FIELD.to_string(), ids("b", 0..3)),
+                (EVENTS_FIELD.to_string(), ids("c", 0..1)),
+            ]
+        );
     }
 
     #[test]

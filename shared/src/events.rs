@@ -97,8 +97,16 @@ pub struct GatewayEvent {
     pub oauth_connection: Option<String>,
 }
 
-/// Field of a Redis stream entry that holds a [`GatewayEvent`]'s JSON.
+/// Field of a Redis stream entry that holds one [`GatewayEvent`]'s JSON (what data planes
+/// before batched entries wrote; still read).
 pub const EVENT_FIELD: &str = "event";
+/// Field of a Redis stream entry that holds a JSON array of consecutive [`GatewayEvent`]s of
+/// one data plane, in the order they happened (at most [`ENTRY_MAX_EVENTS`]).
+pub const EVENTS_FIELD: &str = "events";
+/// Most events a data plane puts in one stream entry. One `XADD` per event cost Redis more
+/// CPU than the request that caused it; one per 16 events costs a sixteenth of that, while an
+/// entry stays small (about 8 KB) and the stream's length still bounds its memory.
+pub const ENTRY_MAX_EVENTS: usize = 16;
 /// Field of a Redis stream entry that holds a [`KeyUsageReport`]'s JSON.
 pub const KEY_USAGE_FIELD: &str = "key_usage";
 /// Field of a Redis stream entry that holds an [`OAuthConnectionReport`]'s JSON.

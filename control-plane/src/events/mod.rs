@@ -45,7 +45,9 @@ use crate::publish::ConfigPublisher;
 pub use in_process::InProcessEvents;
 pub use redis_stream::{RedisEvents, RedisEventsConfig};
 
-/// Most events taken from a source in one batch (stored in one transaction).
+/// Most messages taken from a source at once: in-process messages, or Redis stream entries
+/// (each up to [`airlock_shared::events::ENTRY_MAX_EVENTS`] events). The events of one such
+/// batch are stored in one transaction.
 pub const MAX_BATCH: usize = 256;
 
 /// First delay before retrying a failed store; doubles up to [`MAX_STORE_RETRY_DELAY`].

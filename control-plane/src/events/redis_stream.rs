@@ -1,6 +1,8 @@
 //! Events from data planes through a Redis Stream, read in a consumer group.
 //!
-//! Data planes `XADD <prefix>:events MAXLEN ~ 1000000 * event <GatewayEvent JSON>`. Every
+//! Data planes `XADD <prefix>:events MAXLEN ~ 100000 * events <JSON array of GatewayEvents>`
+//! (up to [`airlock_shared::events::ENTRY_MAX_EVENTS`] consecutive events per entry; entries
+//! of one `event` each, from data planes before batched entries, are read too). Every
 //! control plane reads with `XREADGROUP GROUP control-plane <consumer> ... BLOCK`, so each
 //! entry goes to one of them; an entry is `XACK`ed only after it is stored. Entries a consumer
 //! took and never acknowledged (it died) stay pending: every consumer claims such entries
@@ -24,7 +26,7 @@ use tokio::time::Instant;
 
 use super::{EventSource, ReceivedEvents, StopSignal, MAX_BATCH};
 
-pub use airlock_shared::events::{EVENT_FIELD, KEY_USAGE_FIELD, OAUTH_FIELD};
+pub use airlock_shared::events::{EVENTS_FIELD, EVENT_FIELD, KEY_USAGE_FIELD, OAUTH_FIELD};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Allowed on top of the `BLOCK` time before a read counts as failed.
@@ -50,7 +52,8 @@ pub struct RedisEventsConfig {
     pub claim_min_idle: Duration,
     /// How often to look for such entries (also once at start).
     pub claim_interval: Duration,
-    /// Most entries read or claimed at once.
+    /// Most entries read or claimed at once (an entry holds up to
+    /// [`airlock_shared::events::ENTRY_MAX_EVENTS`] events).
     pub batch: usize,
 }
 
@@ -254,6 +257,7 @@ impl RedisEvents {
         for entry in entries {
             match parse_entry(&entry) {
                 Ok(StreamMessage::Event(event)) => events.push(*event),
+                Ok(StreamMessage::Events(batch)) => events.extend(batch),
                 Ok(StreamMessage::KeyUsage(report)) => key_usage.extend(report.uses),
                 Ok(StreamMessage::OAuth(report)) => oauth.push(*report),
                 // The reason names the problem, never the content (which could be anything).
@@ -286,6 +290,8 @@ fn is_unknown_command(error: &RedisError) -> bool {
 #[derive(Debug, PartialEq)]
 enum StreamMessage {
     Event(Box<GatewayEvent>),
+    /// Consecutive events of one data plane.
+    Events(Vec<GatewayEvent>),
     KeyUsage(KeyUsageReport),
     OAuth(Box<OAuthConnectionReport>),
 }
@@ -300,8 +306,11 @@ fn parse_entry(entry: &StreamId) -> Result<StreamMessage, String> {
         return parse_field(OAUTH_FIELD, "OAuthConnectionReport", value)
             .map(|report| StreamMessage::OAuth(Box::new(report)));
     }
+    if let Some(value) = entry.map.get(EVENTS_FIELD) {
+        return parse_field(EVENTS_FIELD, "GatewayEvent array", value).map(StreamMessage::Events);
+    }
     let Some(value) = entry.map.get(EVENT_FIELD) else {
-        return Err(format!("no `{EVENT_FIELD}` field"));
+        return Err(format!("no `{EVENTS_FIELD}` or `{EVENT_FIELD}` field"));
     };
     parse_field(EVENT_FIELD, "GatewayEvent", value)
         .map(|event| StreamMessage::Event(Box::new(event)))
@@ -464,8 +473,39 @@ mod tests {
         let json = serde_json::to_vec(&event).unwrap();
         assert_eq!(
             parse_entry(&entry(&[(EVENT_FIELD, Value::BulkString(json))])),
-            Ok(StreamMessage::Event(Box::new(event)))
+            Ok(StreamMessage::Event(Box::new(event.clone())))
         );
+        let second = GatewayEvent {
+            id: uuid::Uuid::now_v7(),
+            request_id: "r2".into(),
+            ..event.clone()
+        };
+        let json = serde_json::to_vec(&[&event, &second]).unwrap();
+        assert_eq!(
+            parse_entry(&entry(&[(EVENTS_FIELD, Value::BulkString(json))])),
+            Ok(StreamMessage::Events(vec![event.clone(), second.clone()]))
+        );
+        // One bad event refuses its whole entry, without quoting it.
+        let reason = parse_entry(&entry(&[(
+            EVENTS_FIELD,
+            Value::BulkString(
+                format!(
+                    r#"[{},{{"id":"canary-content-e93"}}]"#,
+                    serde_json::to_string(&event).unwrap()
+                )
+                .into_bytes(),
+            ),
+        )]))
+        .unwrap_err();
+        assert!(reason.contains("not a GatewayEvent array"), "{reason}");
+        assert!(!reason.contains("canary"), "{reason}");
+        assert!(parse_entry(&entry(&[(
+            EVENTS_FIELD,
+            Value::BulkString(serde_json::to_vec(&event).unwrap())
+        )]))
+        .unwrap_err()
+        .contains("not a GatewayEvent array"));
+
         let report = KeyUsageReport {
             uses: vec![airlock_shared::events::KeyUse {
                 api_key_id: uuid::Uuid::nil(),
@@ -505,7 +545,7 @@ mod tests {
         assert!(
             parse_entry(&entry(&[("other", Value::BulkString(b"{}".to_vec()))]))
                 .unwrap_err()
-                .contains("no `event` field")
+                .contains("no `events` or `event` field")
         );
         assert!(parse_entry(&entry(&[(EVENT_FIELD, Value::Array(vec![]))]))
             .unwrap_err()
