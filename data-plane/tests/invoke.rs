@@ -114,6 +114,7 @@ async fn upstream_receives_exactly_the_rendered_request() {
     assert_eq!(response.headers()["x-upstream"], "yes");
     assert!(response.headers().get("set-cookie").is_none());
     assert!(response.headers().get("keep-alive").is_none());
+    assert!(response.headers().get("x-hop").is_none());
     let body = response.text().await.unwrap();
     assert!(body.contains(r#""upstream":"ok""#), "{body}");
     assert!(!body.contains(SECRET));

@@ -96,16 +96,16 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Response headers never passed from the upstream to the client: hop-by-hop headers (framing,
 /// `content-length` / `transfer-encoding`, is Pingora's job) and cookies, which would belong to
 /// the upstream's site and not to the application calling the gateway.
-const DROPPED_RESPONSE_HEADERS: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "upgrade",
-    "set-cookie",
+static DROPPED_RESPONSE_HEADERS: [header::HeaderName; 9] = [
+    header::CONNECTION,
+    header::HeaderName::from_static("keep-alive"),
+    header::HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::SET_COOKIE,
 ];
 
 /// State shared by every request of one data plane.
@@ -844,11 +844,18 @@ impl ProxyHttp for Gateway {
                 !name.is_empty() && name != "content-length" && name != "transfer-encoding"
             })
             .collect();
-        for name in DROPPED_RESPONSE_HEADERS
-            .iter()
-            .copied()
-            .chain(nominated.iter().map(String::as_str))
-        {
+        // One pass over the names the response holds, then a removal for each dropped one
+        // (most responses hold one or none; removing all nine unasked cost 3 000 instructions).
+        let dropped: Vec<header::HeaderName> = upstream_response
+            .headers
+            .keys()
+            .filter(|name| {
+                DROPPED_RESPONSE_HEADERS.contains(name)
+                    || nominated.iter().any(|nominated| name.as_str() == nominated)
+            })
+            .cloned()
+            .collect();
+        for name in &dropped {
             upstream_response.remove_header(name);
         }
         ctx.body_redactor = None;

@@ -62,7 +62,8 @@ impl Recorded {
 /// - `/reflect/{form}`: echoes the request's `x-reflect` header back, see [`reflect`];
 /// - anything else: 200.
 ///
-/// Every other answer is JSON and carries `set-cookie`, `keep-alive` and `x-upstream` headers.
+/// Every other answer is JSON and carries `set-cookie`, `keep-alive` and `x-upstream` headers,
+/// and `x-hop`, which its `connection` header names hop-by-hop.
 pub struct Upstream {
     pub addr: SocketAddr,
     requests: Arc<Mutex<Vec<Recorded>>>,
@@ -255,6 +256,9 @@ async fn record(State(requests): State<Arc<Mutex<Vec<Recorded>>>>, request: Requ
             ("content-type", "application/json"),
             ("set-cookie", "session=upstream"),
             ("keep-alive", "timeout=30"),
+            // A hop-by-hop header the upstream nominates in `connection`.
+            ("connection", "x-hop"),
+            ("x-hop", "1"),
             ("x-upstream", "yes"),
         ],
         format!(r#"{{"upstream":"ok","target":{target:?}}}"#),
