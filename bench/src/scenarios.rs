@@ -202,9 +202,15 @@ pub async fn run(options: Options) -> Result<bool> {
         &provider,
     )
     .await;
-    let _ = airlock_e2e::take_redis_contents(names.prefix()).await;
+    // Stopped first, so that no late event or report recreates a key.
     drop(processes);
     drop(provider);
+    if let Err(error) = airlock_e2e::delete_redis_keys(names.prefix()).await {
+        eprintln!(
+            "could not delete the run's Redis keys ({}:*): {error:#}",
+            names.prefix()
+        );
+    }
     if options.keep || result.is_err() {
         let kept = work.keep();
         eprintln!("work directory (configs, logs) kept: {}", kept.display());
@@ -739,7 +745,7 @@ async fn propagation_times(
     }
     airlock.check_running()?;
     drop(airlock);
-    airlock_e2e::take_redis_contents(&prefix).await?;
+    airlock_e2e::delete_redis_keys(&prefix).await?;
     Ok(times)
 }
 

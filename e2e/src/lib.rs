@@ -628,12 +628,7 @@ fn read_token(data_dir: &Path) -> Result<String> {
 /// Every key and value Airlock keeps in Redis under `prefix` (strings, hashes, streams),
 /// concatenated, for canary scans; then deletes those keys. Returns an error on an unknown type.
 pub async fn take_redis_contents(prefix: &str) -> Result<(usize, Vec<u8>)> {
-    let client = redis::Client::open("redis://127.0.0.1:6379")?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await?;
+    let (mut conn, keys) = redis_keys(prefix).await?;
     let mut contents = Vec::new();
     for key in &keys {
         let kind: String = redis::cmd("TYPE").arg(key).query_async(&mut conn).await?;
@@ -654,6 +649,31 @@ pub async fn take_redis_contents(prefix: &str) -> Result<(usize, Vec<u8>)> {
             .await?;
     }
     Ok((keys.len(), contents))
+}
+
+/// Delete every Redis key under `prefix` without reading them (`UNLINK`: Redis frees them in
+/// the background); returns how many there were. For a benchmark's keys, which can hold
+/// hundreds of megabytes of events.
+pub async fn delete_redis_keys(prefix: &str) -> Result<usize> {
+    let (mut conn, keys) = redis_keys(prefix).await?;
+    if !keys.is_empty() {
+        redis::cmd("UNLINK")
+            .arg(&keys)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    Ok(keys.len())
+}
+
+/// A connection to the local Redis and the keys under `prefix`.
+async fn redis_keys(prefix: &str) -> Result<(redis::aio::MultiplexedConnection, Vec<String>)> {
+    let client = redis::Client::open("redis://127.0.0.1:6379")?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await?;
+    Ok((conn, keys))
 }
 
 /// Every string inside a Redis reply, concatenated.
