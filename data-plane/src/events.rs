@@ -71,10 +71,10 @@ impl std::fmt::Debug for EventSink {
 /// Events held in memory at most, waiting for delivery.
 pub const EVENT_QUEUE_CAPACITY: usize = 10_000;
 /// Approximate length, in entries, the Redis stream is trimmed to. An entry holds up to
-/// [`ENTRY_MAX_EVENTS`] events (or one report), so a stream nobody reads keeps the last
-/// 100 000 to 1 600 000 events: about 100 000 when events are rare (a delivery round then
-/// finds one), up to 1.6 million under load, at most about 0.8 GB of Redis memory (events of
-/// about 500 bytes).
+/// [`ENTRY_MAX_EVENTS`] events (or one report), so a stream nobody reads keeps up to 1.6
+/// million events under load, at most about 0.8 GB of Redis memory (an event is about 450
+/// bytes of JSON), and fewer when events are rare (a delivery round then finds one, and
+/// reports take entries too).
 pub const STREAM_MAX_LEN: usize = 100_000;
 /// A warning is logged for the first dropped event and then every this many.
 pub const DROP_WARN_EVERY: u64 = 1_000;
