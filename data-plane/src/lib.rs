@@ -15,6 +15,7 @@
 
 pub mod config;
 mod events;
+pub mod log_writer;
 mod memory;
 mod oauth;
 mod proxy;

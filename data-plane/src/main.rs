@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use airlock_data_plane::config::{Cli, SEAL_KEY_ENV};
+use airlock_data_plane::log_writer::LogWriter;
 use clap::Parser as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -10,8 +11,12 @@ use tracing_subscriber::{EnvFilter, Layer as _};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
-    match run(cli) {
+    let log = LogWriter::stderr();
+    init_tracing(log.clone());
+    let result = run(cli);
+    // The access lines still buffered (log_writer module docs).
+    log.flush();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("airlock-data-plane: {error:#}");
@@ -33,13 +38,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_tracing() {
+fn init_tracing(log: LogWriter) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::registry()
         .with(filter)
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
+                .with_writer(log)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .with_filter(airlock_data_plane::hide_pingora_debug_logs()),
         )

@@ -1052,7 +1052,7 @@ impl ProxyHttp for Gateway {
         let request = session.req_header();
         let duration_ms = u64::try_from(ctx.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         tracing::info!(
-            target: "airlock::access",
+            target: crate::log_writer::ACCESS_LOG_TARGET,
             request_id = %ctx.request_id,
             method = %request.method,
             path = request.uri.path(),
