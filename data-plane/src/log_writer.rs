@@ -1,8 +1,8 @@
 //! The data plane's log output: stderr, with the access log written in batches.
 //!
 //! At the default `RUST_LOG=info` the data plane logs one `airlock::access` line per request.
-//! Written one `write(2)` each, on the worker's thread, those lines cost about a quarter of
-//! the data plane's peak throughput (`docs/BENCHMARKS.md`). [`LogWriter`] keeps access lines
+//! Written one `write(2)` each, on the worker's thread, they cost about 3.5 µs of CPU per
+//! request on top of formatting them (`docs/BENCHMARKS.md`). [`LogWriter`] keeps access lines
 //! in a buffer and writes it out when it reaches [`FLUSH_BYTES`], every [`FLUSH_INTERVAL`]
 //! (a background thread), before any other line, and at [`LogWriter::flush`] (shutdown), as
 //! nginx's `access_log ... buffer=` does. Every other line (any target but the access log,
