@@ -470,17 +470,18 @@ fn snapshot_apply(c: &mut Criterion) {
 }
 
 /// What the sync service does with the JSON it read from Redis before compiling it: parse it
-/// (`serde_json::from_str`, as `sync.rs`), for the large environment of `snapshot_apply`.
+/// (`serde_json::from_slice` of the bytes, as `sync.rs`), for the large environment of
+/// `snapshot_apply`.
 fn snapshot_parse(c: &mut Criterion) {
     use support::large_environment::large_environment;
-    let json = serde_json::to_string(&large_environment(&OpeningKey::generate())).expect("json");
+    let json = serde_json::to_vec(&large_environment(&OpeningKey::generate())).expect("json");
     let mut group = c.benchmark_group("snapshot_parse");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
     group.throughput(Throughput::Bytes(json.len() as u64));
     // The parsed snapshot is returned so that dropping it is not timed.
     group.bench_function("parse_10k_keys_1k_functions_10k_secrets", |b| {
-        b.iter(|| serde_json::from_str::<EnvironmentSnapshot>(black_box(&json)).expect("parses"))
+        b.iter(|| serde_json::from_slice::<EnvironmentSnapshot>(black_box(&json)).expect("parses"))
     });
     group.finish();
 }

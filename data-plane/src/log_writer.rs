@@ -27,12 +27,28 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// A [`MakeWriter`] for `tracing_subscriber::fmt` that batches access log lines (module docs).
 #[derive(Clone)]
 pub struct LogWriter {
-    shared: Arc<Shared>,
+    output: Arc<Mutex<Output>>,
 }
 
-struct Shared {
-    pending: Mutex<Vec<u8>>,
-    sink: Mutex<Box<dyn Write + Send>>,
+/// Held access lines and where they go; one lock, so lines reach the sink in the order they
+/// were logged.
+struct Output {
+    pending: Vec<u8>,
+    sink: Box<dyn Write + Send>,
+}
+
+impl Output {
+    /// Write what is held, then `line`. A failing stderr has nowhere to be reported: the
+    /// lines are dropped, as `eprintln!` would drop them.
+    fn write_out(&mut self, line: &[u8]) {
+        if self.pending.is_empty() && line.is_empty() {
+            return;
+        }
+        let _ = self.sink.write_all(&self.pending);
+        let _ = self.sink.write_all(line);
+        let _ = self.sink.flush();
+        self.pending.clear();
+    }
 }
 
 impl LogWriter {
@@ -59,31 +75,16 @@ impl LogWriter {
     /// Writing to `sink`, without a flushing thread (tests call [`LogWriter::flush`]).
     fn new(sink: Box<dyn Write + Send>) -> Self {
         Self {
-            shared: Arc::new(Shared {
-                pending: Mutex::new(Vec::with_capacity(FLUSH_BYTES)),
-                sink: Mutex::new(sink),
-            }),
+            output: Arc::new(Mutex::new(Output {
+                pending: Vec::with_capacity(FLUSH_BYTES),
+                sink,
+            })),
         }
     }
 
-    /// Write out what is buffered.
+    /// Write out what is held.
     pub fn flush(&self) {
-        let mut pending = lock(&self.shared.pending);
-        self.write_out(&mut pending, &[]);
-    }
-
-    /// Write `pending` then `line` to the sink, and empty `pending`. Called with `pending`
-    /// locked, so lines reach the sink in the order they were logged. A failing stderr has
-    /// nowhere to be reported: the lines are dropped, as `eprintln!` would drop them.
-    fn write_out(&self, pending: &mut Vec<u8>, line: &[u8]) {
-        if pending.is_empty() && line.is_empty() {
-            return;
-        }
-        let mut sink = lock(&self.shared.sink);
-        let _ = sink.write_all(pending);
-        let _ = sink.write_all(line);
-        let _ = sink.flush();
-        pending.clear();
+        lock(&self.output).write_out(&[]);
     }
 }
 
@@ -95,18 +96,18 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// One log line on its way: `tracing_subscriber::fmt` formats a whole event, then writes it
 /// with one `write_all`.
-pub struct LineWriter<'a> {
+pub struct LogLine<'a> {
     writer: &'a LogWriter,
-    buffered: bool,
+    held: bool,
 }
 
-impl Write for LineWriter<'_> {
+impl Write for LogLine<'_> {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let mut pending = lock(&self.writer.shared.pending);
-        if self.buffered && pending.len() + line.len() < FLUSH_BYTES {
-            pending.extend_from_slice(line);
+        let mut output = lock(&self.writer.output);
+        if self.held && output.pending.len() + line.len() < FLUSH_BYTES {
+            output.pending.extend_from_slice(line);
         } else {
-            self.writer.write_out(&mut pending, line);
+            output.write_out(line);
         }
         Ok(line.len())
     }
@@ -117,19 +118,19 @@ impl Write for LineWriter<'_> {
 }
 
 impl<'a> MakeWriter<'a> for LogWriter {
-    type Writer = LineWriter<'a>;
+    type Writer = LogLine<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineWriter {
+        LogLine {
             writer: self,
-            buffered: false,
+            held: false,
         }
     }
 
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
-        LineWriter {
+        LogLine {
             writer: self,
-            buffered: meta.target() == ACCESS_LOG_TARGET && *meta.level() > Level::WARN,
+            held: meta.target() == ACCESS_LOG_TARGET && *meta.level() > Level::WARN,
         }
     }
 }
