@@ -45,8 +45,11 @@ enum Cli {
         #[arg(long, default_value_t = 1)]
         threads: usize,
         /// Send responses chunked (drop the upstream's content-length).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "sessions")]
         chunked: bool,
+        /// Drive pingora-core's HTTP sessions directly instead of pingora-proxy's `ProxyHttp`.
+        #[arg(long)]
+        sessions: bool,
     },
 }
 
@@ -57,7 +60,15 @@ fn main() -> std::process::ExitCode {
             upstream,
             threads,
             chunked,
-        } => pingora_proxy::run(listen, upstream, threads, chunked),
+            sessions,
+        } => {
+            let flavor = if sessions {
+                pingora_proxy::Flavor::Sessions
+            } else {
+                pingora_proxy::Flavor::ProxyHttp { chunked }
+            };
+            pingora_proxy::run(listen, upstream, threads, flavor)
+        }
         Cli::Run(options) => {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::fixture::{self, Size};
 use crate::load::{self, Target};
+use crate::pingora_proxy::Flavor;
 use crate::procs::{self, CpuPlan};
 use crate::report::{self, Measured, Report};
 
@@ -132,7 +133,7 @@ pub async fn run(options: Options) -> Result<bool> {
         &plan,
         pingora_port,
         upstream_port,
-        false,
+        Flavor::ProxyHttp { chunked: false },
         &dir,
     )?);
     let chunked_port = free_port();
@@ -140,7 +141,7 @@ pub async fn run(options: Options) -> Result<bool> {
         &plan,
         chunked_port,
         upstream_port,
-        true,
+        Flavor::ProxyHttp { chunked: true },
         &dir,
     )?);
     let key_file = dir.join("seal.key");
@@ -179,6 +180,14 @@ pub async fn run(options: Options) -> Result<bool> {
         &[("RUST_LOG", "warn".into())],
         &dir,
     )?);
+    let sessions_port = free_port();
+    processes.push(pingora_proxy(
+        &plan,
+        sessions_port,
+        upstream_port,
+        Flavor::Sessions,
+        &dir,
+    )?);
     let airlock_url = format!("http://127.0.0.1:{airlock_port}");
     let result = measure(
         &options,
@@ -195,6 +204,7 @@ pub async fn run(options: Options) -> Result<bool> {
             pingora_port,
             airlock_port,
             chunked_port,
+            sessions_port,
         ],
         started,
         &airlock_url,
@@ -228,7 +238,7 @@ async fn measure(
     processes: &mut [Process],
     publisher: &RedisTransport,
     fixture: &mut fixture::Fixture,
-    ports: [u16; 5],
+    ports: [u16; 6],
     started: Instant,
     airlock_url: &str,
     run: &str,
@@ -329,6 +339,8 @@ async fn measure(
         &system,
         &processes[3],
         ports[4],
+        &processes[5],
+        ports[5],
         airlock_url,
         &fixture.key,
     )
@@ -408,13 +420,13 @@ async fn measure(
     Ok(report.valid())
 }
 
-/// Scenario C (or, `chunked`, its variant of the C-to-D steps): this binary's
+/// Scenario C (or a variant of the C-to-D steps, by `flavor`): this binary's
 /// `pingora-proxy` on the proxy's CPUs.
 fn pingora_proxy(
     plan: &CpuPlan,
     port: u16,
     upstream_port: u16,
-    chunked: bool,
+    flavor: Flavor,
     dir: &Path,
 ) -> Result<Process> {
     let mut args = vec![
@@ -423,13 +435,16 @@ fn pingora_proxy(
         format!("--upstream=127.0.0.1:{upstream_port}"),
         "--threads=1".into(),
     ];
-    if chunked {
-        args.push("--chunked".into());
-    }
-    let name = if chunked {
-        "pingora-proxy-chunked"
-    } else {
-        "pingora-proxy"
+    let name = match flavor {
+        Flavor::ProxyHttp { chunked: false } => "pingora-proxy",
+        Flavor::ProxyHttp { chunked: true } => {
+            args.push("--chunked".into());
+            "pingora-proxy-chunked"
+        }
+        Flavor::Sessions => {
+            args.push("--sessions".into());
+            "pingora-sessions-proxy"
+        }
     };
     procs::spawn_pinned(
         name,
@@ -456,8 +471,9 @@ fn invoke_target(airlock_url: &str, function: &str, key: &str) -> Target {
 
 /// Peak throughput of the steps between C and D: Pingora sending responses chunked (as
 /// Airlock does for the compressed responses it decodes to redact; identity ones keep their
-/// `content-length`), and Airlock invoking a function that injects
-/// no secret (no redaction, no `secret.used` event).
+/// `content-length`), C written on pingora-core's sessions instead of `ProxyHttp` (as the data
+/// plane is), and Airlock invoking a function that injects no secret (no redaction, no
+/// `secret.used` event).
 #[allow(clippy::too_many_arguments)]
 async fn decompose(
     options: &Options,
@@ -467,6 +483,8 @@ async fn decompose(
     system: &System,
     chunked: &Process,
     chunked_port: u16,
+    sessions: &Process,
+    sessions_port: u16,
     airlock_url: &str,
     key: &str,
 ) -> Result<Vec<report::Step>> {
@@ -477,13 +495,26 @@ async fn decompose(
         ),
         ..system.targets[2].clone()
     };
+    let sessions_target = Target {
+        url: format!(
+            "http://127.0.0.1:{sessions_port}/{}",
+            fixture::function_name(0)
+        ),
+        ..system.targets[2].clone()
+    };
     let plain_target = invoke_target(airlock_url, fixture::PLAIN_FUNCTION, key);
     let client = reqwest::Client::new();
     wait_for_200(&client, &chunked_target, Duration::from_secs(10)).await?;
+    wait_for_200(&client, &sessions_target, Duration::from_secs(10)).await?;
     wait_for_200(&client, &plain_target, Duration::from_secs(10)).await?;
     let mut steps = Vec::new();
     for (what, target, pid) in [
         ("C, responses chunked", chunked_target, chunked.id()),
+        (
+            "C on pingora-core's sessions (no ProxyHttp)",
+            sessions_target,
+            sessions.id(),
+        ),
         ("D, function without secrets", plain_target, system.pids[3]),
     ] {
         load::wrk(

@@ -41,11 +41,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use async_trait::async_trait;
+use pingora::connectors::http::Connector;
 use pingora::connectors::ConnectorOptions;
-use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use tokio::sync::watch;
 
 pub use crate::events::{EventSink, EVENT_QUEUE_CAPACITY, KEY_USAGE_INTERVAL, STREAM_MAX_LEN};
@@ -225,9 +226,11 @@ pub fn spawn(config: DataPlaneConfig) -> anyhow::Result<DataPlaneHandle> {
     let threads = threads.max(1);
     let conf = server_conf(threads);
     let mut client_options = ConnectorOptions::from_server_conf(&conf);
-    // Kept until the proxy service (and with it the TLS connector) has been built.
+    // Kept until the upstream connector (which reads it) has been built.
     let ca_bundle = tls::upstream_ca_bundle(upstream_ca_file.as_deref())?;
     client_options.ca_file = ca_bundle.as_ref().map(tls::CaBundle::path);
+    let connector = Connector::new(Some(client_options));
+    drop(ca_bundle);
 
     let token_store = match &source {
         ConfigSource::Redis { url, names } => Some(oauth::store::RedisTokenStore::new(
@@ -243,14 +246,17 @@ pub fn spawn(config: DataPlaneConfig) -> anyhow::Result<DataPlaneHandle> {
         .as_ref()
         .map(|_| events::KeyUsageReporter::new(store.clone(), emitter.clone()));
     let tokens = oauth::TokenManager::new(opening_keys, token_store, token_http, emitter.clone());
-    let gateway_state = Arc::new(proxy::GatewayState::new(store.clone(), emitter, tokens));
-    let mut proxy_service =
-        ProxyServiceBuilder::new(&Arc::new(conf), Gateway::new(gateway_state.clone()))
-            .name("airlock data plane")
-            .client_options(client_options)
-            .build();
+    let gateway_state = Arc::new(proxy::GatewayState::new(
+        store.clone(),
+        emitter,
+        tokens,
+        connector,
+    ));
+    let mut proxy_service = Service::new(
+        "airlock data plane".to_string(),
+        Gateway::new(gateway_state.clone()),
+    );
     proxy_service.add_tcp(&listen.to_string());
-    drop(ca_bundle);
     let sync_service = background_service("config sync", ConfigSync::new(store, source));
     let event_service =
         event_delivery.map(|delivery| background_service("event delivery", delivery));
@@ -309,10 +315,6 @@ fn server_conf(threads: usize) -> ServerConf {
         // Pingora's own fixed grace sleep is not needed.
         grace_period_seconds: Some(0),
         graceful_shutdown_timeout_seconds: Some(1),
-        // Up to two retries, each only where error_while_proxy allows it: one for a stale
-        // pooled connection (idempotent upstream method), one with a new OAuth token after
-        // the upstream refused one (401, see the proxy module docs).
-        max_retries: 3,
         ..ServerConf::default()
     }
 }

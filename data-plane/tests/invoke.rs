@@ -158,7 +158,7 @@ async fn upstream_receives_exactly_the_rendered_request() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_body_larger_than_pingoras_retry_buffer_is_forwarded() {
+async fn a_large_body_is_forwarded_whole() {
     let (plane, upstream, _) = plane_with_upstream().await;
     let text = "x".repeat(300 * 1024);
     let args = serde_json::json!({ "text": text }).to_string();
@@ -221,35 +221,75 @@ fn chunked(body: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn chunked_bodies_are_accepted_up_to_the_retry_buffer() {
+async fn chunked_bodies_are_accepted_up_to_the_body_limit() {
     let (plane, upstream, _) = plane_with_upstream().await;
     let addr = plane.base.trim_start_matches("http://").to_string();
-    let small = r#"{"text": "chunked hello"}"#;
-    let request = format!(
-        "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}",
-        chunked(small)
-    );
-    let response = tokio::task::spawn_blocking({
+    let send_chunked = |body: String| {
         let addr = addr.clone();
-        move || raw_request(&addr, request.as_bytes())
-    })
-    .await
-    .unwrap();
+        let request = format!(
+            "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}",
+            chunked(&body)
+        );
+        tokio::task::spawn_blocking(move || raw_request(&addr, request.as_bytes()))
+    };
+    let response = send_chunked(r#"{"text": "chunked hello"}"#.to_string())
+        .await
+        .unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert_eq!(upstream.last().body, br#"{"text": "chunked hello"}"#);
 
-    let big = serde_json::json!({ "text": "y".repeat(100 * 1024) }).to_string();
-    let request = format!(
-        "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{}",
-        chunked(&big)
-    );
-    let before = upstream.requests().len();
-    let response = tokio::task::spawn_blocking(move || raw_request(&addr, request.as_bytes()))
+    // Larger than one read, forwarded whole with its length.
+    let text = "y".repeat(300 * 1024);
+    let response = send_chunked(serde_json::json!({ "text": text }).to_string())
         .await
         .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let expected = format!(r#"{{"text": "{text}"}}"#);
+    assert_eq!(upstream.last().body, expected.as_bytes());
+    assert_eq!(
+        upstream.last().header("content-length"),
+        Some(expected.len().to_string().as_str())
+    );
+
+    // Over the limit: refused, nothing sent upstream.
+    let before = upstream.requests().len();
+    let too_big = serde_json::json!({ "text": "z".repeat(1024 * 1024) }).to_string();
+    let response = send_chunked(too_big).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 413"), "{response}");
     assert!(response.contains("payload_too_large"), "{response}");
     assert_eq!(upstream.requests().len(), before);
+    plane.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_expecting_100_continue_gets_it_before_sending_the_body() {
+    let (plane, upstream, _) = plane_with_upstream().await;
+    let addr = plane.base.trim_start_matches("http://").to_string();
+    let response = tokio::task::spawn_blocking(move || {
+        let body = r#"{"text": "after continue"}"#;
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let head = format!(
+            "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        // Nothing of the body is sent until the gateway says so.
+        let mut interim = [0u8; 25];
+        stream.read_exact(&mut interim).unwrap();
+        let interim = String::from_utf8_lossy(&interim).into_owned();
+        stream.write_all(body.as_bytes()).unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        (interim, String::from_utf8_lossy(&rest).into_owned())
+    })
+    .await
+    .unwrap();
+    assert_eq!(response.0, "HTTP/1.1 100 Continue\r\n\r\n");
+    assert!(response.1.starts_with("HTTP/1.1 200"), "{}", response.1);
+    assert_eq!(upstream.last().body, br#"{"text": "after continue"}"#);
     plane.shutdown().await;
 }
 
@@ -595,5 +635,109 @@ async fn key_patterns_expiry_and_usage_reports() {
     tokio::time::sleep(Duration::from_millis(1300)).await;
     events.drain();
     assert!(events.1.is_empty(), "reports without uses: {:?}", events.1);
+    plane.shutdown().await;
+}
+
+/// An upstream that answers the first request on each connection and keeps the connection
+/// open, then drops the connection when a second request arrives on it: what a server that
+/// closes idle keep-alive connections looks like to a client that reuses one at that moment.
+struct ClosingUpstream {
+    addr: std::net::SocketAddr,
+    /// Request lines received, in order, answered or not.
+    seen: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ClosingUpstream {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    for answered in [true, false] {
+                        let Some(line) = read_request(&mut stream) else {
+                            return;
+                        };
+                        record.lock().unwrap().push(line);
+                        if answered {
+                            let _ =
+                                stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        }
+                    }
+                    // Dropped without an answer.
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The request line of the next request on `stream`, its head and body consumed.
+fn read_request(stream: &mut std::net::TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, value)| value.trim().parse::<usize>().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).ok()?;
+    head.lines().next().map(str::to_string)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_pooled_connection_is_retried_only_for_idempotent_methods() {
+    let key = OpeningKey::generate();
+    let upstream = ClosingUpstream::start();
+    let base = format!("http://{}", upstream.addr);
+    let snapshot = SnapshotBuilder::new(Uuid::new_v4(), 1)
+        .function("read", "GET", &format!("{base}/read"), &[], None, 5_000)
+        .function(
+            "write",
+            "POST",
+            &format!("{base}/write"),
+            &[],
+            Some(r#"{"n": 1}"#),
+            5_000,
+        )
+        .key(API_KEY, &["*"])
+        .build();
+    let plane = TestPlane::start(&key, vec![snapshot]).await;
+
+    // A new connection: answered, then pooled.
+    assert_eq!(plane.invoke("read", Some(API_KEY), "").await.status(), 200);
+    // The pooled connection is dropped when the request arrives: a GET is sent again on a
+    // new connection, and the client never knows.
+    let response = plane.invoke("read", Some(API_KEY), "").await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "ok");
+    assert_eq!(upstream.seen(), vec!["GET /read HTTP/1.1"; 3]);
+
+    // A POST on a connection that drops it may have been acted on: it is not repeated.
+    let (status, code, _) = gateway_error(plane.invoke("write", Some(API_KEY), "").await).await;
+    assert_eq!((status, code.as_str()), (502, "upstream_unreachable"));
+    let posts = upstream
+        .seen()
+        .iter()
+        .filter(|line| line.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 1);
     plane.shutdown().await;
 }

@@ -27,8 +27,6 @@ pub enum GatewayError {
     FunctionNotFound(String),
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
-    #[error("chunked request bodies are limited to {limit} bytes; send a Content-Length")]
-    ChunkedBodyTooLarge { limit: usize },
     #[error("request body must be a JSON object of arguments: {0}")]
     InvalidJson(String),
     #[error("malformed request: {0}")]
@@ -73,7 +71,7 @@ impl GatewayError {
             Self::OAuth(OAuthError::ConnectionMissing(_)) => 500,
             Self::OAuth(OAuthError::NotConnected(_)) => 409,
             Self::OAuth(OAuthError::Broken { .. } | OAuthError::Unavailable { .. }) => 502,
-            Self::PayloadTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => 413,
+            Self::PayloadTooLarge { .. } => 413,
             Self::InvalidJson(_) | Self::BadRequest(_) => 400,
             Self::Render(RenderError::MissingArgument(_) | RenderError::InvalidArgument { .. }) => {
                 400
@@ -97,7 +95,7 @@ impl GatewayError {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::FunctionNotFound(_) => "function_not_found",
-            Self::PayloadTooLarge { .. } | Self::ChunkedBodyTooLarge { .. } => "payload_too_large",
+            Self::PayloadTooLarge { .. } => "payload_too_large",
             Self::InvalidJson(_) => "invalid_json",
             Self::BadRequest(_) => "bad_request",
             Self::Render(RenderError::MissingArgument(_)) => "missing_argument",

@@ -1,57 +1,45 @@
-//! The Pingora `ProxyHttp` implementation: the invoke request path.
+//! The data plane's HTTP application: the invoke request path, on Pingora's HTTP/1 sessions,
+//! upstream connector and connection pool.
 //!
-//! Phases, in order:
-//! - `request_filter`: route, authenticate, check scope, read the arguments, render the
-//!   upstream request and check that its secrets may go to its host ([`route`], [`auth`],
-//!   [`render`]). Every gateway error is answered here.
-//! - `upstream_peer`: resolve the function's host and build the pooled peer ([`upstream`]).
-//! - `upstream_request_filter` / `request_body_filter`: replace the whole upstream request,
-//!   head and body, with the rendered one. Nothing from the client goes upstream.
-//! - `upstream_response_filter` / `response_filter`: drop hop-by-hop headers and `set-cookie`,
-//!   redact injected secrets from the headers and prepare the body's redaction ([`redact`]),
-//!   add the request id.
-//! - `response_body_filter`: decode and redact the body as it streams.
-//! - `fail_to_connect` / `error_while_proxy` / `fail_to_proxy`: retry policy and mapping of
-//!   Pingora errors to gateway errors ([`error`]).
-//! - `logging`: one access log line per request, and its events ([`report`]), queued without
-//!   waiting ([`crate::events`]).
+//! Each request runs these steps in order ([`Gateway::serve`]):
+//! 1. route, authenticate the API key, check its scope ([`route`], [`auth`]);
+//! 2. read the arguments (the whole request body) and render the upstream request, checking
+//!    that its secrets may go to its host ([`render`]); every gateway error is answered here;
+//! 3. the upstream exchange: a pooled connection, the rendered request, the response head
+//!    ([`exchange`], [`upstream`]), with the retries described below;
+//! 4. the response head: hop-by-hop headers and `set-cookie` dropped, injected secrets
+//!    redacted from the headers ([`redact`]), the request id added;
+//! 5. the body, decoded and redacted as it streams;
+//! 6. one access log line and the request's events ([`report`]), queued without waiting
+//!    ([`crate::events`]).
 //!
-//! ## Sending the rendered body
+//! Why not Pingora's `ProxyHttp`: an invocation is not a transparent proxy. The client's body
+//! is the arguments, never the upstream body; the upstream request is built from scratch; the
+//! retry rules depend on the upstream method and on OAuth tokens. `ProxyHttp` forwards the
+//! downstream request through a duplex task pipeline (two channels and a cloned request head
+//! per request), and the rendered body could only be substituted through its retry buffer.
+//! Driving the sessions directly does the same work with a third less CPU per request than a
+//! bare `ProxyHttp` proxy (docs/BENCHMARKS.md) and says what happens in one place.
 //!
-//! The arguments are the downstream body, so it is read completely in `request_filter`, before
-//! the upstream request exists. Pingora 0.9.1 (`proxy_h1.rs`, `proxy_handle_downstream`) then
-//! only feeds `request_body_filter` when the downstream body is empty or when the session's
-//! retry buffer holds data; a body consumed earlier is otherwise never signalled and the
-//! upstream would wait forever. So the body reader arms Pingora's retry buffer (64 KiB,
-//! `BODY_BUF_LIMIT` in pingora-core) for the last part of the body: Pingora then replays that
-//! buffer through `request_body_filter` with `end_of_stream = true`, where it is swapped for
-//! the rendered body (also on a retry). The upstream head carries the rendered body's
-//! `content-length`. Chunked request bodies have no known end, so they are limited to what
-//! the retry buffer holds.
+//! ## Retries
 //!
-//! ## OAuth tokens, and one retry when the upstream refuses one
-//!
-//! A function whose templates name `{{oauth.NAME}}`, or an invocation whose arguments hold
-//! `{"$oauth": HANDLE}`, gets its tokens from the [`crate::oauth::TokenManager`] before
-//! rendering (lock-free when they are valid); others do no OAuth work at all.
-//!
-//! When the upstream answers 401 to a request that injected a token, the token may have been
-//! revoked or rotated before its announced expiry. Pingora 0.9.1 retries a request when an
-//! error raised while proxying has `retry` set (`proxy_to_upstream` in a loop bounded by
-//! `max_retries`), and an error returned by `upstream_response_filter` is raised before
-//! anything of the response reaches the client (`h1_response_filter` runs the upstream filter
-//! first; the head is written later). So on such a 401, `upstream_response_filter` marks the
-//! context and fails with a retryable error; `error_while_proxy` keeps `retry` set (the 401
-//! connection is dropped, not reused); Pingora calls `upstream_peer` again, which replaces
-//! the rejected tokens ([`crate::oauth::TokenManager::replace_rejected`]: a refresh only if
-//! the rejected generation is still the current one, so 200 simultaneous 401s cause one
-//! refresh) and renders the request again; the rendered body is replayed from the retry
-//! buffer as on any retry. This happens once per invocation, whatever the method: a 401
-//! means the upstream did not act on the request. If no new token can be had, the client gets
-//! the gateway's OAuth error (the upstream's 401 is gone by then).
+//! - A pooled connection that fails before anything of the response arrived was most likely
+//!   closed by the upstream while idle: the request is sent again once on a new connection,
+//!   if the upstream method is idempotent and the function's deadline has not passed.
+//! - OAuth: a function whose templates name `{{oauth.NAME}}`, or an invocation whose
+//!   arguments hold `{"$oauth": HANDLE}`, gets its tokens from the [`crate::oauth::TokenManager`]
+//!   before rendering (lock-free when they are valid); others do no OAuth work at all. When
+//!   the upstream answers 401 to a request that injected a token, the token may have been
+//!   revoked or rotated before its announced expiry: the tokens are replaced
+//!   ([`crate::oauth::TokenManager::replace_rejected`]: a refresh only if the rejected
+//!   generation is still the current one, so 200 simultaneous 401s cause one refresh), the
+//!   request is rendered again and sent once more, whatever the method: a 401 means the
+//!   upstream did not act on the request. If no new token can be had, the client gets the
+//!   gateway's OAuth error (the upstream's 401 is not passed on).
 
 mod auth;
 pub mod error;
+mod exchange;
 pub(crate) mod redact;
 pub(crate) mod render;
 mod report;
@@ -66,10 +54,15 @@ use airlock_shared::hosts::is_allowed;
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
+use pingora::connectors::http::Connector;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::protocols::http::client::HttpSession as UpstreamSession;
+use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType};
+use tokio::sync::Notify;
 use uuid::Uuid;
 
 use self::error::{json_response_header, GatewayError, REQUEST_ID_HEADER};
@@ -77,16 +70,14 @@ use self::redact::{BodyRedactor, RequestRedaction};
 use self::render::{Invocation, OAuthValues};
 use self::report::RequestReport;
 use self::route::Route;
-use self::upstream::Resolver;
+use self::upstream::{Resolver, POOL_IDLE_TIMEOUT};
 use crate::events::EventEmitter;
 use crate::oauth::handle::{HandleClaims, HANDLE_TTL_SECONDS};
 use crate::oauth::TokenManager;
 use crate::snapshot::{CompiledEnvironment, CompiledFunction, KeyBinding, SnapshotStore};
 
-/// Largest accepted invoke body.
+/// Largest accepted invoke body (`content-length` or chunked).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
-/// Size of Pingora's retry buffer (`BODY_BUF_LIMIT` in pingora-core 0.9.1).
-const RETRY_BUFFER_BYTES: usize = 64 * 1024;
 /// Up to this declared size, an unread body is drained after an error response so the client
 /// reads the response instead of a connection reset; beyond it the connection is closed.
 const DRAIN_LIMIT_BYTES: usize = 8 * MAX_BODY_BYTES;
@@ -109,14 +100,28 @@ static DROPPED_RESPONSE_HEADERS: [header::HeaderName; 9] = [
 ];
 
 /// State shared by every request of one data plane.
-#[derive(Debug)]
 pub(crate) struct GatewayState {
     pub(crate) store: Arc<SnapshotStore>,
     pub(crate) events: EventEmitter,
     pub(crate) tokens: TokenManager,
     resolver: Resolver,
+    /// Upstream connections (TCP and TLS), pooled per peer.
+    connector: Connector,
     in_flight: AtomicUsize,
     draining: AtomicBool,
+    /// Set once Pingora stops the service; idle keep-alive connections waiting for their next
+    /// request are woken through `stopped` and closed.
+    stopping: AtomicBool,
+    stopped: Notify,
+}
+
+impl std::fmt::Debug for GatewayState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayState")
+            .field("in_flight", &self.in_flight)
+            .field("draining", &self.draining)
+            .finish_non_exhaustive()
+    }
 }
 
 impl GatewayState {
@@ -124,14 +129,18 @@ impl GatewayState {
         store: Arc<SnapshotStore>,
         events: EventEmitter,
         tokens: TokenManager,
+        connector: Connector,
     ) -> Self {
         Self {
             store,
             events,
             tokens,
             resolver: Resolver::default(),
+            connector,
             in_flight: AtomicUsize::new(0),
             draining: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            stopped: Notify::new(),
         }
     }
 
@@ -140,13 +149,23 @@ impl GatewayState {
         self.in_flight.load(Ordering::Acquire)
     }
 
-    /// From now on `/readyz` answers 503, so load balancers move traffic away.
+    /// From now on `/readyz` answers 503, so load balancers move traffic away, and responses
+    /// close their connections.
     pub(crate) fn begin_drain(&self) {
         self.draining.store(true, Ordering::Release);
     }
 
     fn is_ready(&self) -> bool {
         self.store.is_synced() && !self.draining.load(Ordering::Acquire)
+    }
+
+    /// Resolves once the service is stopping (at once if it already is).
+    async fn stopping(&self) {
+        let stopped = self.stopped.notified();
+        if self.stopping.load(Ordering::Acquire) {
+            return;
+        }
+        stopped.await;
     }
 }
 
@@ -166,7 +185,7 @@ impl Drop for InFlight {
     }
 }
 
-/// Per-request state, shared by the phases.
+/// Per-request state, shared by the steps.
 pub struct RequestCtx {
     request_id: String,
     started: Instant,
@@ -180,24 +199,45 @@ pub struct RequestCtx {
     invocation: Option<Invocation>,
     /// What to redact from the response, when secrets were injected.
     redaction: Option<RequestRedaction>,
-    /// The body redactor of the current upstream response.
-    body_redactor: Option<BodyRedactor>,
     /// Whether the rendered request was handed to an upstream connection.
     sent_upstream: bool,
     /// When the whole upstream exchange must be over (the function's timeout).
     deadline: Option<Instant>,
     upstream_status: Option<u16>,
-    /// A gateway error raised inside a Pingora hook, answered as is by `fail_to_proxy`.
-    failure: Option<GatewayError>,
     /// What an invocation that injected OAuth tokens needs to render again (401 retry).
     oauth: Option<Box<OAuthInvocation>>,
     /// Whether a stale pooled connection was already retried.
     stale_retried: bool,
-    /// The gateway error answered, for the access log and events.
+    /// The gateway error answered (or, once the response head was out, that cut it short),
+    /// for the access log and events.
     error: Option<GatewayError>,
+    /// The Pingora error behind a failed upstream exchange, for the access log.
+    proxy_error: Option<ErrorType>,
 }
 
 impl RequestCtx {
+    fn new(state: &Arc<GatewayState>) -> Self {
+        Self {
+            request_id: Uuid::now_v7().to_string(),
+            started: Instant::now(),
+            _in_flight: InFlight::new(state),
+            function: None,
+            key_id: None,
+            tenant_id: None,
+            environment_id: None,
+            upstream_host: None,
+            invocation: None,
+            redaction: None,
+            sent_upstream: false,
+            deadline: None,
+            upstream_status: None,
+            oauth: None,
+            stale_retried: false,
+            error: None,
+            proxy_error: None,
+        }
+    }
+
     fn timeout_ms(&self) -> u64 {
         self.invocation.as_ref().map_or(0, |invocation| {
             u64::try_from(invocation.timeout.as_millis()).unwrap_or(u64::MAX)
@@ -211,6 +251,17 @@ impl RequestCtx {
             })
             .max(Duration::from_millis(1))
     }
+
+    fn in_time(&self) -> bool {
+        self.deadline
+            .is_some_and(|deadline| Instant::now() < deadline)
+    }
+
+    /// The gateway error for a failed upstream exchange.
+    fn upstream_failure(&mut self, error: &Error) -> GatewayError {
+        self.proxy_error = Some(error.etype().clone());
+        GatewayError::from_proxy_error(error, self.timeout_ms()).unwrap_or(GatewayError::Internal)
+    }
 }
 
 /// An invocation that injected OAuth tokens: enough to render it again with new ones.
@@ -219,13 +270,19 @@ struct OAuthInvocation {
     function: Arc<CompiledFunction>,
     args: serde_json::Map<String, serde_json::Value>,
     values: OAuthValues,
-    /// The upstream refused the token (401): replace it before the retry.
-    retry_pending: bool,
     /// The one retry has been used.
     retried: bool,
 }
 
-/// The data plane's proxy logic.
+/// Whether the client connection may carry another request once this one is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connection {
+    Reusable,
+    /// The response was cut short, or the client is gone.
+    Close,
+}
+
+/// The data plane's HTTP application.
 pub(crate) struct Gateway {
     state: Arc<GatewayState>,
 }
@@ -235,10 +292,23 @@ impl Gateway {
         Self { state }
     }
 
-    /// Steps 1-5 of the request path. `Ok(true)` when a response was already written.
+    /// Answer one request (steps 1 to 5 of the module docs).
+    async fn serve(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Connection {
+        match self.prepare(session, ctx).await {
+            Ok(true) => Connection::Reusable,
+            Ok(false) => self.forward(session, ctx).await,
+            Err(error) => {
+                respond_error(session, ctx, &error).await;
+                Connection::Reusable
+            }
+        }
+    }
+
+    /// Steps 1 and 2. `Ok(true)` when a response was already written (probes, the OAuth
+    /// callback and handles).
     async fn prepare(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
     ) -> Result<bool, GatewayError> {
         let request = session.req_header();
@@ -313,7 +383,6 @@ impl Gateway {
                     function: compiled.clone(),
                     args,
                     values,
-                    retry_pending: false,
                     retried: false,
                 }));
             }
@@ -322,6 +391,120 @@ impl Gateway {
         ctx.deadline = Some(Instant::now() + invocation.timeout);
         ctx.invocation = Some(invocation);
         Ok(false)
+    }
+
+    /// Steps 3 to 5: the upstream exchange, then the response, streamed.
+    async fn forward(&self, session: &mut ServerSession, ctx: &mut RequestCtx) -> Connection {
+        let (mut upstream, peer) = match self.exchange(ctx).await {
+            Ok(exchanged) => exchanged,
+            Err(error) => {
+                respond_error(session, ctx, &error).await;
+                return Connection::Reusable;
+            }
+        };
+        // The upstream connection is dropped (closed) on every early return below: its
+        // response was not read to the end.
+        let (head, mut redactor) = match response_head(&upstream, ctx) {
+            Ok(head) => head,
+            Err(error) => {
+                respond_error(session, ctx, &error).await;
+                return Connection::Reusable;
+            }
+        };
+        if session.write_response_header(Box::new(head)).await.is_err() {
+            return Connection::Close;
+        }
+        loop {
+            let chunk = if upstream.response_done() {
+                None
+            } else {
+                match read_body_in_time(&mut upstream, ctx).await {
+                    Ok(chunk) => chunk,
+                    Err(error) => {
+                        // The head is already out: the client sees the body cut short.
+                        ctx.error = Some(error);
+                        return Connection::Close;
+                    }
+                }
+            };
+            let end = chunk.is_none() || upstream.response_done();
+            let chunk = match redactor.as_mut() {
+                Some(redactor) => match redactor.push(chunk.as_deref(), end) {
+                    Ok(redacted) => redacted,
+                    Err(error) => {
+                        ctx.error = Some(GatewayError::UpstreamResponseRejected(error.to_string()));
+                        return Connection::Close;
+                    }
+                },
+                None => chunk,
+            };
+            if session
+                .write_response_body(chunk.unwrap_or_default(), end)
+                .await
+                .is_err()
+            {
+                return Connection::Close;
+            }
+            if end {
+                break;
+            }
+        }
+        self.state
+            .connector
+            .release_http_session(upstream, &peer, Some(POOL_IDLE_TIMEOUT))
+            .await;
+        Connection::Reusable
+    }
+
+    /// Step 3: send the rendered request and read the response head, retrying a stale pooled
+    /// connection and a refused OAuth token once each (module docs).
+    async fn exchange(
+        &self,
+        ctx: &mut RequestCtx,
+    ) -> Result<(UpstreamSession, HttpPeer), GatewayError> {
+        loop {
+            let remaining = ctx.remaining();
+            let invocation = ctx.invocation.as_ref().ok_or(GatewayError::Internal)?;
+            let addr = self
+                .state
+                .resolver
+                .resolve(&invocation.host, invocation.port, remaining)
+                .await?;
+            let peer = upstream::peer(invocation, addr, remaining);
+            let (mut upstream, reused) = match self.state.connector.get_http_session(&peer).await {
+                Ok(connected) => connected,
+                // Retrying a refused or timed-out connection would only double the wait.
+                Err(mut error) => {
+                    error.as_up();
+                    return Err(ctx.upstream_failure(&error));
+                }
+            };
+            ctx.sent_upstream = true;
+            let invocation = ctx.invocation.as_ref().ok_or(GatewayError::Internal)?;
+            let sent = exchange::send(&mut upstream, reused, invocation, ctx.remaining()).await;
+            // Only what is harmless to repeat is sent again after a stale connection.
+            let repeatable = invocation.method.is_idempotent();
+            if let Err(failure) = sent {
+                if failure.stale_connection && repeatable && ctx.in_time() && !ctx.stale_retried {
+                    ctx.stale_retried = true;
+                    continue;
+                }
+                return Err(ctx.upstream_failure(&failure.error));
+            }
+            let refused_token = upstream
+                .response_header()
+                .is_some_and(|head| head.status == http::StatusCode::UNAUTHORIZED);
+            let in_time = ctx.in_time();
+            if refused_token {
+                if let Some(oauth) = ctx.oauth.as_mut().filter(|o| !o.retried && in_time) {
+                    // Nothing of this response is sent; its connection is dropped.
+                    oauth.retried = true;
+                    self.replace_rejected_tokens(ctx).await?;
+                    continue;
+                }
+            }
+            return Ok((upstream, peer));
+        }
     }
 
     /// The tokens an invocation needs: of the connections its templates name, and of the
@@ -395,7 +578,7 @@ impl Gateway {
     /// API key.
     async fn issue_handle(
         &self,
-        session: &mut Session,
+        session: &mut ServerSession,
         ctx: &mut RequestCtx,
         connection: &str,
     ) -> Result<(), GatewayError> {
@@ -427,10 +610,8 @@ impl Gateway {
         let body = Bytes::from(serde_json::to_vec(&body).map_err(|_| GatewayError::Internal)?);
         let written = async {
             let header = json_response_header(200, &ctx.request_id, body.len())?;
-            session
-                .write_response_header(Box::new(header), false)
-                .await?;
-            session.write_response_body(Some(body), true).await
+            session.write_response_header(Box::new(header)).await?;
+            session.write_response_body(body, true).await
         };
         if let Err(error) = written.await {
             tracing::debug!(request_id = %ctx.request_id, %error, "could not write response");
@@ -445,8 +626,6 @@ impl Gateway {
         let Some(oauth) = ctx.oauth.as_mut() else {
             return Ok(());
         };
-        oauth.retry_pending = false;
-        oauth.retried = true;
         let mut replaced = Vec::with_capacity(oauth.values.tokens.len());
         for (name, rejected) in &oauth.values.tokens {
             let live = self
@@ -494,44 +673,133 @@ fn oauth_redaction(
     RequestRedaction::new(indexes)
 }
 
-/// Read the whole invoke body (see the module docs for why the retry buffer is armed).
-async fn read_invoke_body(session: &mut Session) -> Result<Bytes, GatewayError> {
+/// Step 4: the client's response head, made from the upstream's, and the body's redactor when
+/// secrets were injected.
+fn response_head(
+    upstream: &UpstreamSession,
+    ctx: &mut RequestCtx,
+) -> Result<(ResponseHeader, Option<BodyRedactor>), GatewayError> {
+    let mut head = upstream
+        .response_header()
+        .ok_or(GatewayError::Internal)?
+        .clone();
+    if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(GatewayError::UpstreamResponseRejected(
+            "the upstream switched protocols, which nothing asked for".into(),
+        ));
+    }
+    ctx.upstream_status = Some(head.status.as_u16());
+    // Headers the upstream nominated as hop-by-hop go too.
+    let nominated: Vec<String> = head
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty() && name != "content-length" && name != "transfer-encoding")
+        .collect();
+    // One pass over the names the response holds, then a removal for each dropped one
+    // (most responses hold one or none; removing all nine unasked cost 3 000 instructions).
+    let dropped: Vec<header::HeaderName> = head
+        .headers
+        .keys()
+        .filter(|name| {
+            DROPPED_RESPONSE_HEADERS.contains(name)
+                || nominated.iter().any(|nominated| name.as_str() == nominated)
+        })
+        .cloned()
+        .collect();
+    for name in &dropped {
+        head.remove_header(name);
+    }
+    let redactor = match &ctx.redaction {
+        Some(redaction) => Some(
+            redact::redact_response_head(&mut head, redaction)
+                .map_err(|error| GatewayError::UpstreamResponseRejected(error.to_string()))?,
+        ),
+        None => None,
+    };
+    set_framing(&mut head, ctx);
+    head.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())
+        .map_err(|_| GatewayError::Internal)?;
+    Ok((head, redactor))
+}
+
+/// How the client's response body is delimited. The client's request is always a `POST`,
+/// whatever the upstream method: the answer to an upstream `HEAD` has no body, so it says
+/// `content-length: 0` (the upstream's length describes a body that is not sent). A body of
+/// unknown length (HTTP/1.0 style, or decoded for redaction) is sent chunked, so the client
+/// connection stays reusable.
+fn set_framing(head: &mut ResponseHeader, ctx: &RequestCtx) {
+    let upstream_head = ctx
+        .invocation
+        .as_ref()
+        .is_some_and(|invocation| invocation.method == http::Method::HEAD);
+    if upstream_head {
+        head.remove_header(&header::TRANSFER_ENCODING);
+        // A static value into a map that has room: cannot fail.
+        let _ = head.insert_header(header::CONTENT_LENGTH, "0");
+        return;
+    }
+    let bodiless = matches!(head.status.as_u16(), 204 | 304);
+    if !bodiless
+        && !head.headers.contains_key(header::CONTENT_LENGTH)
+        && !head.headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        head.set_version(http::Version::HTTP_11);
+        let _ = head.insert_header(header::TRANSFER_ENCODING, "chunked");
+    }
+}
+
+/// Read the next piece of the upstream's body within the function's deadline. Per-read
+/// timeouts alone cannot stop an upstream that trickles; the deadline covers the whole
+/// response.
+async fn read_body_in_time(
+    upstream: &mut UpstreamSession,
+    ctx: &mut RequestCtx,
+) -> Result<Option<Bytes>, GatewayError> {
+    let timed_out = GatewayError::UpstreamTimeout {
+        timeout_ms: ctx.timeout_ms(),
+    };
+    if !ctx.in_time() {
+        ctx.proxy_error = Some(ErrorType::ReadTimedout);
+        return Err(timed_out);
+    }
+    upstream.set_read_timeout(Some(ctx.remaining()));
+    upstream.read_response_body().await.map_err(|mut error| {
+        error.as_up();
+        ctx.upstream_failure(&error)
+    })
+}
+
+/// Read the whole invoke body: the arguments.
+async fn read_invoke_body(session: &mut ServerSession) -> Result<Bytes, GatewayError> {
     let declared = declared_length(session.req_header())?;
     if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
         return Err(GatewayError::PayloadTooLarge {
             limit: MAX_BODY_BYTES,
         });
     }
-    let downstream = session.as_downstream_mut();
-    if downstream.is_body_empty() {
+    if session.is_body_empty() {
         return Ok(Bytes::new());
     }
-    let expects_continue = downstream
+    let expects_continue = session
         .req_header()
         .headers
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
-        downstream
+        session
             .write_continue_response()
             .await
             .map_err(|_| GatewayError::BadRequest("the request could not be read"))?;
     }
-    downstream.set_read_timeout(Some(BODY_READ_TIMEOUT));
-
-    // Arm the 64 KiB retry buffer only once the rest of the body fits in it: it must end up
-    // holding data (so Pingora calls request_body_filter) without being truncated (which
-    // empties it). Pingora reads at most 64 KiB at a time, so the last read lands in it.
-    let arm_at = declared.map_or(0, |len| len.saturating_sub(RETRY_BUFFER_BYTES));
-    let mut armed = false;
+    session.set_read_timeout(Some(BODY_READ_TIMEOUT));
     // Grow as bytes arrive rather than trusting the declared length up front.
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(RETRY_BUFFER_BYTES));
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(64 * 1024));
     loop {
-        if !armed && body.len() >= arm_at {
-            downstream.enable_retry_buffering();
-            armed = true;
-        }
-        let chunk = match downstream.read_request_body().await {
+        let chunk = match session.read_request_body().await {
             Ok(Some(chunk)) => chunk,
             Ok(None) => break,
             Err(error) if error.etype() == &ErrorType::ReadTimedout => {
@@ -552,20 +820,6 @@ async fn read_invoke_body(session: &mut Session) -> Result<Bytes, GatewayError> 
         }
         body.extend_from_slice(&chunk);
     }
-    if !body.is_empty() && downstream.get_retry_buffer().is_none() {
-        return Err(match declared {
-            None => GatewayError::ChunkedBodyTooLarge {
-                limit: RETRY_BUFFER_BYTES,
-            },
-            Some(_) => {
-                tracing::error!(
-                    len = body.len(),
-                    "request body did not land in the retry buffer"
-                );
-                GatewayError::Internal
-            }
-        });
-    }
     Ok(body.freeze())
 }
 
@@ -585,17 +839,19 @@ fn declared_length(request: &RequestHeader) -> Result<Option<usize>, GatewayErro
             .ok_or(GatewayError::BadRequest("invalid content-length")),
     }
 }
-
 /// Write a JSON response the gateway produces itself. A failed write means the client is
 /// gone; there is nobody left to tell.
-async fn respond_json(session: &mut Session, ctx: &RequestCtx, status: u16, body: &'static [u8]) {
+async fn respond_json(
+    session: &mut ServerSession,
+    ctx: &RequestCtx,
+    status: u16,
+    body: &'static [u8],
+) {
     let written = async {
         let header = json_response_header(status, &ctx.request_id, body.len())?;
+        session.write_response_header(Box::new(header)).await?;
         session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session
-            .write_response_body(Some(Bytes::from_static(body)), true)
+            .write_response_body(Bytes::from_static(body), true)
             .await
     };
     if let Err(error) = written.await {
@@ -605,7 +861,7 @@ async fn respond_json(session: &mut Session, ctx: &RequestCtx, status: u16, body
 
 /// Write a small HTML page (the OAuth callback's answer). Nothing in it comes from the
 /// request.
-async fn respond_page(session: &mut Session, ctx: &RequestCtx, status: u16, body: String) {
+async fn respond_page(session: &mut ServerSession, ctx: &RequestCtx, status: u16, body: String) {
     let body = Bytes::from(body);
     let written = async {
         let mut header = ResponseHeader::build(status, Some(8))?;
@@ -619,10 +875,8 @@ async fn respond_page(session: &mut Session, ctx: &RequestCtx, status: u16, body
         header.insert_header("referrer-policy", "no-referrer")?;
         header.insert_header("x-frame-options", "DENY")?;
         header.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session.write_response_body(Some(body), true).await
+        session.write_response_header(Box::new(header)).await?;
+        session.write_response_body(body, true).await
     };
     if let Err(error) = written.await {
         tracing::debug!(request_id = %ctx.request_id, %error, "could not write response");
@@ -630,7 +884,7 @@ async fn respond_page(session: &mut Session, ctx: &RequestCtx, status: u16, body
 }
 
 /// Write `error` as the response (the one place gateway errors become HTTP).
-async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &GatewayError) {
+async fn respond_error(session: &mut ServerSession, ctx: &mut RequestCtx, error: &GatewayError) {
     ctx.error = Some(error.clone());
     if session
         .response_written()
@@ -640,7 +894,7 @@ async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &Gate
         // the only signal left is the connection closing.
         return;
     }
-    if !session.as_downstream_mut().is_body_done() {
+    if !session.is_body_done() {
         // Answering before the body is read: by default Pingora then closes the connection,
         // and a client still uploading sees a reset instead of this answer. Up to a limit,
         // keep the connection so Pingora drains the rest of the body after the response;
@@ -649,7 +903,7 @@ async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &Gate
             .ok()
             .flatten()
             .is_some_and(|len| len <= DRAIN_LIMIT_BYTES);
-        let downstream = session.as_downstream_mut();
+        let downstream = &mut *session;
         if drainable {
             downstream.set_close_on_response_before_downstream_finish(false);
             downstream.set_read_timeout(Some(BODY_READ_TIMEOUT));
@@ -661,365 +915,67 @@ async fn respond_error(session: &mut Session, ctx: &mut RequestCtx, error: &Gate
     let body = error.body(&ctx.request_id);
     let written = async {
         let header = error.response_header(&ctx.request_id, body.len())?;
-        session
-            .write_response_header(Box::new(header), false)
-            .await?;
-        session.write_response_body(Some(body), true).await
+        session.write_response_header(Box::new(header)).await?;
+        session.write_response_body(body, true).await
     };
     if let Err(write_error) = written.await {
         tracing::debug!(request_id = %ctx.request_id, error = %write_error, "could not write error response");
     }
 }
 
-fn internal(what: &'static str) -> Box<Error> {
-    Error::explain(ErrorType::InternalError, what)
+#[async_trait]
+impl HttpServerApp for Gateway {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        mut session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let read = tokio::select! {
+            biased;
+            read = session.read_request() => read,
+            // An idle keep-alive connection while the service stops: close it.
+            () = self.state.stopping() => return None,
+        };
+        match read {
+            Ok(true) => {}
+            // The client closed the connection.
+            Ok(false) => return None,
+            Err(error) => {
+                if error.etype() == &ErrorType::InvalidHTTPHeader {
+                    // Not HTTP/1, or ambiguous framing (a smuggling attempt): 400 and close.
+                    let _ = session.respond_error(400).await;
+                }
+                session.shutdown().await;
+                return None;
+            }
+        }
+        if *shutdown.borrow() || self.state.draining.load(Ordering::Acquire) {
+            session.set_keepalive(None);
+        }
+        let mut ctx = RequestCtx::new(&self.state);
+        let connection = self.serve(&mut session, &mut ctx).await;
+        self.log_request(&session, &ctx);
+        if connection == Connection::Close {
+            return None;
+        }
+        let persistent = HttpPersistentSettings::for_session(&session);
+        // Drains what is left of the request body (see `respond_error`) and keeps the
+        // connection if the client asked for keep-alive.
+        match session.finish().await {
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent)),
+            _ => None,
+        }
+    }
+
+    async fn http_cleanup(&self) {
+        self.state.stopping.store(true, Ordering::Release);
+        self.state.stopped.notify_waiters();
+    }
 }
 
-#[async_trait]
-impl ProxyHttp for Gateway {
-    type CTX = RequestCtx;
-
-    fn new_ctx(&self) -> RequestCtx {
-        RequestCtx {
-            request_id: Uuid::now_v7().to_string(),
-            started: Instant::now(),
-            _in_flight: InFlight::new(&self.state),
-            function: None,
-            key_id: None,
-            tenant_id: None,
-            environment_id: None,
-            upstream_host: None,
-            invocation: None,
-            redaction: None,
-            body_redactor: None,
-            sent_upstream: false,
-            deadline: None,
-            upstream_status: None,
-            failure: None,
-            oauth: None,
-            stale_retried: false,
-            error: None,
-        }
-    }
-
-    async fn request_filter(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<bool> {
-        match self.prepare(session, ctx).await {
-            Ok(answered) => Ok(answered),
-            Err(error) => {
-                respond_error(session, ctx, &error).await;
-                Ok(true)
-            }
-        }
-    }
-
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<Box<HttpPeer>> {
-        if ctx.oauth.as_ref().is_some_and(|oauth| oauth.retry_pending) {
-            if let Err(error) = self.replace_rejected_tokens(ctx).await {
-                ctx.failure = Some(error);
-                return Err(internal("no replacement for the refused OAuth token"));
-            }
-        }
-        let remaining = ctx.remaining();
-        let invocation = ctx
-            .invocation
-            .as_ref()
-            .ok_or_else(|| internal("no rendered request"))?;
-        match self
-            .state
-            .resolver
-            .resolve(&invocation.host, invocation.port, remaining)
-            .await
-        {
-            Ok(addr) => Ok(Box::new(upstream::peer(invocation, addr, remaining))),
-            Err(error) => {
-                ctx.failure = Some(error);
-                Err(Error::explain(
-                    ErrorType::ConnectNoRoute,
-                    "cannot resolve the upstream host",
-                ))
-            }
-        }
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<()> {
-        let invocation = ctx
-            .invocation
-            .as_ref()
-            .ok_or_else(|| internal("no rendered request"))?;
-        // A fresh head: method, target, Host and the rendered headers only. Nothing of the
-        // client's request (its Authorization header above all) is carried over.
-        let mut request = RequestHeader::build(
-            invocation.method.clone(),
-            invocation.path_and_query.as_bytes(),
-            Some(invocation.headers.len() + 2),
-        )?;
-        request.insert_header(header::HOST, invocation.authority.clone())?;
-        for (name, value) in &invocation.headers {
-            request.append_header(name.clone(), value.clone())?;
-        }
-        match &invocation.body {
-            Some(body) => request.insert_header(header::CONTENT_LENGTH, body.len().to_string())?,
-            // Without a length Pingora would frame the (replaced) downstream body as chunked.
-            None if matches!(invocation.method.as_str(), "POST" | "PUT" | "PATCH")
-                || !session.as_downstream_mut().is_body_empty() =>
-            {
-                request.insert_header(header::CONTENT_LENGTH, "0")?
-            }
-            None => {}
-        }
-        *upstream_request = request;
-        ctx.sent_upstream = true;
-        Ok(())
-    }
-
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<()> {
-        // The client's bytes are the arguments, never the upstream body: replace them with
-        // the rendered body once, when Pingora signals the end of the downstream body.
-        *body = if end_of_stream {
-            ctx.invocation
-                .as_ref()
-                .and_then(|invocation| invocation.body.clone())
-        } else {
-            None
-        };
-        Ok(())
-    }
-
-    async fn upstream_response_filter(
-        &self,
-        _session: &mut Session,
-        upstream_response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<()> {
-        if upstream_response.status.is_informational() {
-            if let Some(redaction) = &ctx.redaction {
-                // Interim responses (103 Early Hints...) can reach the client too.
-                redact::redact_headers(upstream_response, redaction);
-            }
-            return Ok(());
-        }
-        if upstream_response.status == http::StatusCode::UNAUTHORIZED {
-            let in_time = ctx
-                .deadline
-                .is_some_and(|deadline| Instant::now() < deadline);
-            if let Some(oauth) = ctx.oauth.as_mut().filter(|o| !o.retried && in_time) {
-                // Retried with a new token (module docs); nothing of this response is sent.
-                oauth.retry_pending = true;
-                return Err(Error::explain(
-                    ErrorType::Custom("oauth_token_refused"),
-                    "the upstream refused the OAuth access token",
-                )
-                .into_up());
-            }
-        }
-        ctx.upstream_status = Some(upstream_response.status.as_u16());
-        // Headers the upstream nominated as hop-by-hop go too.
-        let nominated: Vec<String> = upstream_response
-            .headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|name| name.trim().to_ascii_lowercase())
-            .filter(|name| {
-                !name.is_empty() && name != "content-length" && name != "transfer-encoding"
-            })
-            .collect();
-        // One pass over the names the response holds, then a removal for each dropped one
-        // (most responses hold one or none; removing all nine unasked cost 3 000 instructions).
-        let dropped: Vec<header::HeaderName> = upstream_response
-            .headers
-            .keys()
-            .filter(|name| {
-                DROPPED_RESPONSE_HEADERS.contains(name)
-                    || nominated.iter().any(|nominated| name.as_str() == nominated)
-            })
-            .cloned()
-            .collect();
-        for name in &dropped {
-            upstream_response.remove_header(name);
-        }
-        ctx.body_redactor = None;
-        if let Some(redaction) = &ctx.redaction {
-            match redact::redact_response_head(upstream_response, redaction) {
-                Ok(redactor) => ctx.body_redactor = Some(redactor),
-                Err(error) => {
-                    ctx.failure = Some(GatewayError::UpstreamResponseRejected(error.to_string()));
-                    return Err(Error::explain(
-                        ErrorType::InvalidHTTPHeader,
-                        "the upstream response cannot be redacted",
-                    )
-                    .into_up());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    async fn response_filter(
-        &self,
-        _session: &mut Session,
-        response: &mut ResponseHeader,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<()> {
-        response.insert_header(REQUEST_ID_HEADER, ctx.request_id.as_str())?;
-        Ok(())
-    }
-
-    fn upstream_response_body_filter(
-        &self,
-        _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<Option<Duration>> {
-        // Per-read timeouts cannot stop an upstream that trickles; the deadline covers the
-        // whole response.
-        if !end_of_stream
-            && ctx
-                .deadline
-                .is_some_and(|deadline| Instant::now() > deadline)
-        {
-            ctx.failure = Some(GatewayError::UpstreamTimeout {
-                timeout_ms: ctx.timeout_ms(),
-            });
-            return Err(Error::explain(
-                ErrorType::ReadTimedout,
-                "upstream response exceeded the function timeout",
-            )
-            .into_up());
-        }
-        Ok(None)
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> pingora::Result<Option<Duration>> {
-        let Some(redactor) = ctx.body_redactor.as_mut() else {
-            return Ok(None);
-        };
-        match redactor.push(body.as_deref(), end_of_stream) {
-            Ok(redacted) => *body = redacted,
-            Err(error) => {
-                // The head is already out: the client sees the body cut short.
-                ctx.failure = Some(GatewayError::UpstreamResponseRejected(error.to_string()));
-                return Err(Error::explain(
-                    ErrorType::ReadError,
-                    "the upstream response body cannot be redacted",
-                )
-                .into_up());
-            }
-        }
-        Ok(None)
-    }
-
-    fn fail_to_connect(
-        &self,
-        _session: &mut Session,
-        _peer: &HttpPeer,
-        _ctx: &mut RequestCtx,
-        mut e: Box<Error>,
-    ) -> Box<Error> {
-        // Retrying a refused or timed-out connection would only double the wait.
-        e.set_retry(false);
-        e
-    }
-
-    fn error_while_proxy(
-        &self,
-        peer: &HttpPeer,
-        _session: &mut Session,
-        e: Box<Error>,
-        ctx: &mut RequestCtx,
-        client_reused: bool,
-    ) -> Box<Error> {
-        let mut e = e.more_context(format!("peer: {peer}"));
-        if ctx.oauth.as_ref().is_some_and(|oauth| oauth.retry_pending) {
-            // The upstream refused the token: retry once with a new one (module docs).
-            e.set_retry(true);
-            return e;
-        }
-        // Pingora's default policy looks at the downstream method (always POST here). What
-        // matters is the upstream method: a stale pooled connection may be retried only when
-        // repeating the upstream request is harmless, and only within the deadline.
-        let idempotent = ctx
-            .invocation
-            .as_ref()
-            .is_some_and(|invocation| invocation.method.is_idempotent());
-        let in_time = ctx
-            .deadline
-            .is_some_and(|deadline| Instant::now() < deadline);
-        if idempotent && in_time && ctx.failure.is_none() && !ctx.stale_retried {
-            e.retry.decide_reuse(client_reused);
-            ctx.stale_retried = e.retry();
-        } else {
-            e.set_retry(false);
-        }
-        e
-    }
-
-    async fn fail_to_proxy(
-        &self,
-        session: &mut Session,
-        e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
-        let error = ctx
-            .failure
-            .take()
-            .or_else(|| GatewayError::from_proxy_error(e, ctx.timeout_ms()));
-        let error_code = match error {
-            Some(error) => {
-                // Pingora closes the client connection after a proxy failure whatever we return
-                // below; say so in the response, or the client may reuse a dying connection.
-                session.set_keepalive(None);
-                respond_error(session, ctx, &error).await;
-                error.status()
-            }
-            None => 0,
-        };
-        FailToProxy {
-            error_code,
-            can_reuse_downstream: false,
-        }
-    }
-
-    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
-        // Pingora's default summary includes the query string; ours never does.
-        let request = session.req_header();
-        format!(
-            "{} {}, request_id: {}, function: {}",
-            request.method,
-            request.uri.path(),
-            ctx.request_id,
-            ctx.function.as_deref().unwrap_or("-"),
-        )
-    }
-
-    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+impl Gateway {
+    /// Step 6: the access log line and the request's events.
+    fn log_request(&self, session: &ServerSession, ctx: &RequestCtx) {
         let status = session
             .response_written()
             .map(|response| response.status.as_u16())
@@ -1062,7 +1018,7 @@ impl ProxyHttp for Gateway {
             status,
             upstream_status = ctx.upstream_status,
             error = ctx.error.as_ref().map(GatewayError::code),
-            proxy_error = e.map(|e| e.etype().as_str()),
+            proxy_error = ctx.proxy_error.as_ref().map(ErrorType::as_str),
             duration_ms,
             "request"
         );

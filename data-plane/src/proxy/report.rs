@@ -92,8 +92,7 @@ impl RequestReport<'_> {
                 | RenderError::InvalidOAuthHandle(_),
             )
             | GatewayError::OAuthConnectionNotFound(_)
-            | GatewayError::PayloadTooLarge { .. }
-            | GatewayError::ChunkedBodyTooLarge { .. } => {
+            | GatewayError::PayloadTooLarge { .. } => {
                 (EventKind::RequestInvalid, error.to_string())
             }
             _ => return None,

@@ -16,7 +16,7 @@ const DNS_TTL: Duration = Duration::from_secs(30);
 /// Entries kept before expired ones are swept.
 const DNS_CACHE_SWEEP_AT: usize = 1024;
 /// How long an idle pooled upstream connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A small TTL cache in front of the system resolver.
 #[derive(Debug, Default)]
@@ -72,7 +72,8 @@ impl Resolver {
 /// Pingora pools upstream connections by the peer's address, scheme, SNI and verification
 /// options, so every peer for the same upstream is built the same way (SNI = host for TLS,
 /// default verification, HTTP/1.1) to reuse connections across requests and functions.
-/// Timeouts are per request and not part of the pool key.
+/// Connect timeouts are per request and not part of the pool key; the exchange sets its read
+/// and write timeouts on the session ([`super::exchange::send`]).
 pub fn peer(invocation: &Invocation, addr: SocketAddr, remaining: Duration) -> HttpPeer {
     let sni = if invocation.tls {
         invocation.host.clone()
@@ -83,8 +84,6 @@ pub fn peer(invocation: &Invocation, addr: SocketAddr, remaining: Duration) -> H
     let options = &mut peer.options;
     options.connection_timeout = Some(remaining);
     options.total_connection_timeout = Some(remaining);
-    options.read_timeout = Some(remaining);
-    options.write_timeout = Some(remaining);
     options.idle_timeout = Some(POOL_IDLE_TIMEOUT);
     peer
 }
