@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_shared::events::{
-    DataPlaneMessage, GatewayEvent, KeyUsageReport, ENTRY_MAX_EVENTS, EVENTS_FIELD,
+    events_json, DataPlaneMessage, GatewayEvent, KeyUsageReport, ENTRY_MAX_EVENTS, EVENTS_FIELD,
     KEY_USAGE_FIELD, OAUTH_FIELD,
 };
 use airlock_shared::keys::RedisNames;
@@ -413,7 +413,7 @@ impl RedisWriter {
                 DataPlaneMessage::Event(event) => {
                     events.push(event);
                     if events.len() == ENTRY_MAX_EVENTS {
-                        self.append(&mut pipeline, EVENTS_FIELD, serde_json::to_vec(&events));
+                        self.append(&mut pipeline, EVENTS_FIELD, Ok(events_json(&events)));
                         events.clear();
                     }
                     continue;
@@ -423,13 +423,13 @@ impl RedisWriter {
             };
             // A report keeps its place after the events before it.
             if !events.is_empty() {
-                self.append(&mut pipeline, EVENTS_FIELD, serde_json::to_vec(&events));
+                self.append(&mut pipeline, EVENTS_FIELD, Ok(events_json(&events)));
                 events.clear();
             }
             self.append(&mut pipeline, field, json);
         }
         if !events.is_empty() {
-            self.append(&mut pipeline, EVENTS_FIELD, serde_json::to_vec(&events));
+            self.append(&mut pipeline, EVENTS_FIELD, Ok(events_json(&events)));
         }
         let result = async {
             let connection = match &mut self.connection {

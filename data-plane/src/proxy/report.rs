@@ -41,21 +41,10 @@ impl RequestReport<'_> {
     pub fn events(&self) -> Vec<GatewayEvent> {
         let mut events = Vec::new();
         if !self.secrets_sent.is_empty() || !self.oauth_sent.is_empty() {
-            let host = self.upstream_host.unwrap_or("-");
-            let mut sent = Vec::new();
-            if !self.secrets_sent.is_empty() {
-                sent.push(format!("secrets `{}`", self.secrets_sent.join("`, `")));
-            }
-            if !self.oauth_sent.is_empty() {
-                sent.push(format!(
-                    "OAuth tokens of `{}`",
-                    self.oauth_sent.join("`, `")
-                ));
-            }
             events.push(self.event(
                 EventKind::SecretUsed,
                 self.secrets_sent.to_vec(),
-                format!("{} sent to `{host}`", sent.join(" and ")),
+                self.secret_use_message(),
             ));
         }
         if let Some(error) = self.error {
@@ -72,6 +61,38 @@ impl RequestReport<'_> {
             ));
         }
         events
+    }
+
+    /// "secrets `A`, `B` and OAuth tokens of `C` sent to `host`", built in one string: it is
+    /// written for every request that injects a secret.
+    fn secret_use_message(&self) -> String {
+        fn names(message: &mut String, names: &[String]) {
+            for (i, name) in names.iter().enumerate() {
+                if i > 0 {
+                    message.push_str(", ");
+                }
+                message.push('`');
+                message.push_str(name);
+                message.push('`');
+            }
+        }
+        let host = self.upstream_host.unwrap_or("-");
+        let mut message = String::with_capacity(64);
+        if !self.secrets_sent.is_empty() {
+            message.push_str("secrets ");
+            names(&mut message, self.secrets_sent);
+        }
+        if !self.oauth_sent.is_empty() {
+            if !message.is_empty() {
+                message.push_str(" and ");
+            }
+            message.push_str("OAuth tokens of ");
+            names(&mut message, self.oauth_sent);
+        }
+        message.push_str(" sent to `");
+        message.push_str(host);
+        message.push('`');
+        message
     }
 
     /// A request a known API key got wrong: an integration bug worth an event. Requests without
@@ -171,6 +192,36 @@ mod tests {
 
     fn kinds(report: &RequestReport<'_>) -> Vec<EventKind> {
         report.events().iter().map(|e| e.kind).collect()
+    }
+
+    #[test]
+    fn the_secret_use_message_names_what_went_where() {
+        let two = vec!["TOKEN".to_string(), "SIGNING_KEY".to_string()];
+        let crm = vec!["crm".to_string()];
+        let message = |secrets: &[String], oauth: &[String], host: Option<&'static str>| {
+            RequestReport {
+                secrets_sent: secrets,
+                oauth_sent: oauth,
+                upstream_host: host,
+                ..RequestReport::default()
+            }
+            .events()
+            .remove(0)
+            .message
+        };
+        let host = Some("api.example.com");
+        assert_eq!(
+            message(&two, &[], host),
+            "secrets `TOKEN`, `SIGNING_KEY` sent to `api.example.com`"
+        );
+        assert_eq!(
+            message(&[], &crm, host),
+            "OAuth tokens of `crm` sent to `api.example.com`"
+        );
+        assert_eq!(
+            message(&two[..1], &crm, None),
+            "secrets `TOKEN` and OAuth tokens of `crm` sent to `-`"
+        );
     }
 
     #[test]
