@@ -27,6 +27,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::SnapshotDelivery;
 use uuid::Uuid;
 
+use crate::memory::TrimSchedule;
 use crate::snapshot::{ApplyOutcome, SnapshotStore};
 use crate::ConfigSource;
 
@@ -72,6 +73,7 @@ impl BackgroundService for ConfigSync {
                         names,
                         store: self.store.clone(),
                         unusable: HashMap::new(),
+                        trim: TrimSchedule::default(),
                     }
                     .run(shutdown)
                     .await
@@ -94,40 +96,44 @@ async fn run_in_process(
     mut receiver: UnboundedReceiver<SnapshotDelivery>,
     mut shutdown: ShutdownWatch,
 ) {
+    let mut trim = TrimSchedule::default();
     // Everything queued before the service started is the initial sync.
     while let Ok(delivery) = receiver.try_recv() {
-        deliver(store, delivery);
+        deliver(store, delivery, &mut trim);
     }
     store.mark_synced();
     loop {
         tokio::select! {
             received = receiver.recv() => match received {
-                Some(delivery) => deliver(store, delivery),
+                Some(delivery) => deliver(store, delivery, &mut trim),
                 None => {
                     tracing::info!("in-process config channel closed; serving the last snapshot");
+                    trim.trim();
                     shutting_down(&mut shutdown).await;
                     return;
                 }
             },
+            _ = trim.wait() => trim.trim(),
             _ = shutting_down(&mut shutdown) => return,
         }
     }
 }
 
-fn deliver(store: &SnapshotStore, delivery: SnapshotDelivery) {
-    apply(store, delivery.snapshot);
+fn deliver(store: &SnapshotStore, delivery: SnapshotDelivery, trim: &mut TrimSchedule) {
+    apply(store, delivery.snapshot, trim);
     if let Some(applied) = delivery.applied {
         // The sender may have stopped waiting; nothing to do then.
         let _ = applied.send(());
     }
 }
 
-fn apply(store: &SnapshotStore, snapshot: EnvironmentSnapshot) {
+fn apply(store: &SnapshotStore, snapshot: EnvironmentSnapshot, trim: &mut TrimSchedule) {
     let environment_id = snapshot.environment_id;
     let revision = snapshot.revision;
     match store.apply(snapshot) {
-        // The replaced environment (and the decoded snapshot) were just freed.
-        ApplyOutcome::Applied => crate::memory::release_freed(),
+        // The replaced environment (and the decoded snapshot) were just freed: returned to
+        // the system once snapshots stop coming (`memory` module docs).
+        ApplyOutcome::Applied => trim.applied(tokio::time::Instant::now()),
         ApplyOutcome::Stale { held } => {
             tracing::debug!(%environment_id, revision, held, "ignoring a snapshot that is not newer");
         }
@@ -158,6 +164,8 @@ struct RedisSync {
     store: Arc<SnapshotStore>,
     /// Revisions whose snapshot could not be read, so each is logged once, not every resync.
     unusable: HashMap<Uuid, i64>,
+    /// When to return the memory applied snapshots freed.
+    trim: TrimSchedule,
 }
 
 impl RedisSync {
@@ -173,6 +181,10 @@ impl RedisSync {
                 retry_in = ?backoff,
                 "config sync from Redis interrupted; serving the last snapshot"
             );
+            // No snapshot comes while disconnected: a pending trim need not wait for one.
+            if self.trim.due().is_some() {
+                self.trim.trim();
+            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutting_down(&mut shutdown) => return,
@@ -224,6 +236,7 @@ impl RedisSync {
                     }
                 }
                 _ = resync.tick() => self.full_sync(&mut conn).await?,
+                _ = self.trim.wait() => self.trim.trim(),
             }
         }
     }
@@ -285,7 +298,7 @@ impl RedisSync {
         let problem = match decoded {
             Ok(snapshot) if snapshot.environment_id == environment_id => {
                 self.unusable.remove(&environment_id);
-                apply(&self.store, snapshot);
+                apply(&self.store, snapshot, &mut self.trim);
                 return Ok(());
             }
             Ok(_) => "it belongs to another environment".to_string(),
