@@ -15,8 +15,12 @@
 //! snapshot of that size takes to go live, and how long a change made through the control
 //! plane's GraphQL API takes to reach two data planes. It prints its tables and the targets.
 //! `--smoke` runs everything briefly with a small environment, only to check that it works.
+//!
+//! `airlock-bench go-live` measures only the snapshot go-live, phase by phase, without load
+//! (`golive.rs`).
 
 mod fixture;
+mod golive;
 mod load;
 mod nginx;
 mod pingora_proxy;
@@ -36,6 +40,8 @@ use clap::Parser as _;
 enum Cli {
     /// Run every scenario and print the results table.
     Run(scenarios::Options),
+    /// Snapshot go-live only, phase by phase, without load (one or more data planes).
+    GoLive(golive::Options),
     /// Scenario C: a bare Pingora reverse proxy adding one static header.
     PingoraProxy {
         #[arg(long)]
@@ -69,11 +75,15 @@ fn main() -> std::process::ExitCode {
             };
             pingora_proxy::run(listen, upstream, threads, flavor)
         }
+        Cli::GoLive(options) => match current_thread_runtime().block_on(golive::run(options)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("airlock-bench go-live: {error:#}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Cli::Run(options) => {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime");
+            let runtime = current_thread_runtime();
             match runtime.block_on(scenarios::run(options)) {
                 Ok(true) => std::process::ExitCode::SUCCESS,
                 Ok(false) => std::process::ExitCode::from(2),
@@ -84,4 +94,11 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+}
+
+fn current_thread_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
 }

@@ -160,9 +160,11 @@ pub async fn run(options: Options) -> Result<bool> {
     let built = Instant::now();
     let mut fixture = fixture::build(&run, size, &upstream_url, &oauth, &sealing, 1)?;
     println!(
-        "built and sealed the environment in {} ms ({} MB of snapshot JSON)",
+        "built and sealed the environment in {} ms ({:.1} MB of {} snapshot, {:.1} MB as JSON)",
         built.elapsed().as_millis(),
-        serde_json::to_vec(&fixture.snapshot)?.len() / 1_000_000
+        publisher.encoding().encode(&fixture.snapshot)?.len() as f64 / 1e6,
+        publisher.encoding(),
+        serde_json::to_vec(&fixture.snapshot)?.len() as f64 / 1e6
     );
     publisher.send(&fixture.snapshot).await?;
     let started = Instant::now();
@@ -457,7 +459,7 @@ fn pingora_proxy(
 }
 
 /// `POST {airlock_url}/v1/functions/{function}/invoke` with `{}` and API key `key`.
-fn invoke_target(airlock_url: &str, function: &str, key: &str) -> Target {
+pub(crate) fn invoke_target(airlock_url: &str, function: &str, key: &str) -> Target {
     Target {
         url: format!("{airlock_url}/v1/functions/{function}/invoke"),
         method: "POST",
@@ -559,7 +561,10 @@ async fn wait_for_200(client: &reqwest::Client, target: &Target, within: Duratio
     }
 }
 
-async fn send(client: &reqwest::Client, target: &Target) -> reqwest::Result<reqwest::Response> {
+pub(crate) async fn send(
+    client: &reqwest::Client,
+    target: &Target,
+) -> reqwest::Result<reqwest::Response> {
     let mut request = client.request(target.method.parse().expect("a method"), &target.url);
     for (name, value) in &target.headers {
         request = request.header(name, value);
@@ -780,7 +785,7 @@ async fn propagation_times(
     Ok(times)
 }
 
-fn parse_size(text: &str) -> Result<Size, String> {
+pub(crate) fn parse_size(text: &str) -> Result<Size, String> {
     let numbers: Vec<usize> = text
         .split(',')
         .map(|n| n.trim().parse::<usize>())

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use airlock_shared::keys::{RedisNames, DEFAULT_PREFIX};
 use airlock_shared::seal::SealingKey;
+use airlock_shared::wire::SnapshotEncoding;
 use clap::{Args, Parser, Subcommand};
 
 /// A configuration problem, reported before startup.
@@ -117,6 +118,11 @@ pub struct ServeArgs {
     /// Base64 public key secrets are sealed to (printed by `airlock keygen`).
     #[arg(long, env = "AIRLOCK_SEAL_PUBLIC_KEY")]
     pub seal_public_key: Option<String>,
+    /// How snapshots are encoded in Redis: `binary` (compact, fast to decode; data planes
+    /// since it exists read it) or `json` (every data plane reads it). See
+    /// `docs/OPERATIONS.md`, "Snapshot encoding", for upgrades.
+    #[arg(long, env = "AIRLOCK_SNAPSHOT_ENCODING", default_value_t = SnapshotEncoding::Binary)]
+    pub snapshot_encoding: SnapshotEncoding,
 }
 
 /// `airlock keygen`.
@@ -149,6 +155,11 @@ pub struct ResealArgs {
     /// Prefix of every Redis key and channel; must match the data planes'.
     #[arg(long, env = "AIRLOCK_REDIS_PREFIX", default_value = DEFAULT_PREFIX)]
     pub redis_prefix: String,
+    /// How snapshots are encoded in Redis: `binary` (compact, fast to decode; data planes
+    /// since it exists read it) or `json` (every data plane reads it). See
+    /// `docs/OPERATIONS.md`, "Snapshot encoding", for upgrades.
+    #[arg(long, env = "AIRLOCK_SNAPSHOT_ENCODING", default_value_t = SnapshotEncoding::Binary)]
+    pub snapshot_encoding: SnapshotEncoding,
     /// Secret versions re-sealed per transaction.
     #[arg(long, default_value_t = crate::domain::reseal::DEFAULT_BATCH_SIZE)]
     pub batch_size: u64,
@@ -245,6 +256,8 @@ pub struct ServeConfig {
     pub redis_url: String,
     pub redis_names: RedisNames,
     pub sealing_key: SealingKey,
+    /// How snapshots are encoded in Redis.
+    pub snapshot_encoding: SnapshotEncoding,
 }
 
 /// `airlock keygen`, validated.
@@ -262,6 +275,8 @@ pub struct ResealConfig {
     pub data_dir: PathBuf,
     /// Where to republish affected environments; `None`: not republished.
     pub redis: Option<(String, RedisNames)>,
+    /// How republished snapshots are encoded.
+    pub snapshot_encoding: SnapshotEncoding,
     pub batch_size: u64,
     pub dry_run: bool,
 }
@@ -310,6 +325,7 @@ impl Cli {
                     redis_url,
                     redis_names: RedisNames::new(prefix),
                     sealing_key,
+                    snapshot_encoding: args.snapshot_encoding,
                 }))
             }
             CliCommand::Keygen(args) => Ok(Config::Keygen(KeygenConfig { out: args.out })),
@@ -366,6 +382,7 @@ fn reseal_config(args: ResealArgs) -> Result<ResealConfig, ConfigError> {
         database_url,
         data_dir: args.data_dir,
         redis,
+        snapshot_encoding: args.snapshot_encoding,
         batch_size: args.batch_size,
         dry_run: args.dry_run,
     })
@@ -674,6 +691,25 @@ mod tests {
         };
         assert_eq!(serve.redis_names.prefix(), "t1");
         assert_eq!(serve.sealing_key.to_base64(), key);
+        assert_eq!(serve.snapshot_encoding, SnapshotEncoding::Binary);
+
+        let serve_with = |encoding: &str| {
+            parse(&[
+                "serve",
+                "--redis-url",
+                "redis://127.0.0.1:6379",
+                "--seal-public-key",
+                &key,
+                "--snapshot-encoding",
+                encoding,
+            ])
+        };
+        let Ok(Config::Serve(serve)) = serve_with("json") else {
+            panic!("serve config expected");
+        };
+        assert_eq!(serve.snapshot_encoding, SnapshotEncoding::Json);
+        let error = serve_with("msgpack").err().unwrap();
+        assert!(error.contains("json or binary"), "{error}");
     }
 
     #[test]

@@ -149,7 +149,8 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
 
     let transport = RedisTransport::connect(&config.redis_url, config.redis_names.clone())
         .await
-        .context("cannot connect to Redis (REDIS_URL)")?;
+        .context("cannot connect to Redis (REDIS_URL)")?
+        .with_encoding(config.snapshot_encoding);
     let state = AppState {
         publisher: ConfigPublisher::new(db.clone(), transport),
         sealing_key: config.sealing_key.clone(),
@@ -163,6 +164,7 @@ async fn run_serve(config: ServeConfig) -> anyhow::Result<()> {
     tracing::info!(
         environments,
         prefix = config.redis_names.prefix(),
+        encoding = %config.snapshot_encoding,
         "published every environment to Redis"
     );
     let events = RedisEvents::new(RedisEventsConfig::new(

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use airlock_data_plane::SnapshotDelivery;
 use airlock_shared::keys::RedisNames;
-use airlock_shared::wire::EnvironmentSnapshot;
+use airlock_shared::wire::{EnvironmentSnapshot, SnapshotEncodeError, SnapshotEncoding};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use sea_orm::DatabaseConnection;
@@ -32,7 +32,7 @@ pub enum PublishError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("could not encode the snapshot: {0}")]
-    Encode(#[from] serde_json::Error),
+    Encode(#[from] SnapshotEncodeError),
     #[error("could not build the snapshot: {}", .0.detail())]
     Build(#[source] AppError),
 }
@@ -88,11 +88,14 @@ impl SnapshotTransport for InProcessTransport {
 }
 
 /// Publishes through Redis, in one `MULTI`/`EXEC`:
-/// `SET <environment_snapshot(id)> <json>`, `HSET <snapshot_index> <id> <revision>`,
-/// `PUBLISH <config_channel> <id>`.
+/// `SET <environment_snapshot(id)> <snapshot>`, `HSET <snapshot_index> <id> <revision>`,
+/// `PUBLISH <config_channel> <id>`. The snapshot is encoded in [`SnapshotEncoding::Binary`]
+/// unless [`Self::with_encoding`] says otherwise (`--snapshot-encoding json` for data planes
+/// that predate the binary encoding: `docs/OPERATIONS.md`).
 pub struct RedisTransport {
     connection: ConnectionManager,
     names: RedisNames,
+    encoding: SnapshotEncoding,
 }
 
 impl RedisTransport {
@@ -104,7 +107,21 @@ impl RedisTransport {
             .set_response_timeout(Some(Duration::from_secs(5)))
             .set_number_of_retries(2);
         let connection = client.get_connection_manager_with_config(config).await?;
-        Ok(Self { connection, names })
+        Ok(Self {
+            connection,
+            names,
+            encoding: SnapshotEncoding::default(),
+        })
+    }
+
+    /// Publish in `encoding` instead.
+    pub fn with_encoding(self, encoding: SnapshotEncoding) -> Self {
+        Self { encoding, ..self }
+    }
+
+    /// The encoding snapshots are published in.
+    pub fn encoding(&self) -> SnapshotEncoding {
+        self.encoding
     }
 
     /// The key and channel names in use.
@@ -116,14 +133,14 @@ impl RedisTransport {
 #[async_trait]
 impl SnapshotTransport for RedisTransport {
     async fn send(&self, snapshot: &EnvironmentSnapshot) -> Result<(), PublishError> {
-        let json = serde_json::to_string(snapshot)?;
+        let encoded = self.encoding.encode(snapshot)?;
         let id = snapshot.environment_id.to_string();
         let mut connection = self.connection.clone();
         redis::pipe()
             .atomic()
             .set(
                 self.names.environment_snapshot(&snapshot.environment_id),
-                json,
+                encoded,
             )
             .ignore()
             .hset(self.names.snapshot_index(), &id, snapshot.revision)

@@ -6,7 +6,6 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 
-use airlock_shared::keys::RedisNames;
 use anyhow::Context;
 use sea_orm::DatabaseConnection;
 use uuid::Uuid;
@@ -55,7 +54,17 @@ pub async fn run(config: ResealConfig) -> anyhow::Result<()> {
         Ok(())
     } else {
         match &config.redis {
-            Some((url, names)) => republish(&database, url, names, &report.environments).await,
+            Some((url, names)) => {
+                // A failure here still closes the database below.
+                async {
+                    let transport = RedisTransport::connect(url, names.clone())
+                        .await
+                        .context("cannot connect to Redis (REDIS_URL) to republish")?
+                        .with_encoding(config.snapshot_encoding);
+                    republish(&database, &transport, &report.environments).await
+                }
+                .await
+            }
             None => {
                 println!(
                     "not republished: no --redis-url. Data planes keep the old ciphertexts of {} environment(s) until each is published again: restart the control planes (they publish every environment at start) before removing the old key from the data planes",
@@ -117,13 +126,9 @@ pub fn write_report(
 /// re-sealed ciphertexts now. Reports every failure, then fails if there was one.
 async fn republish(
     db: &DatabaseConnection,
-    url: &str,
-    names: &RedisNames,
+    transport: &RedisTransport,
     environments: &BTreeSet<Uuid>,
 ) -> anyhow::Result<()> {
-    let transport = RedisTransport::connect(url, names.clone())
-        .await
-        .context("cannot connect to Redis (REDIS_URL) to republish")?;
     // Time-based revisions, like the control plane's: higher than anything it published
     // before the re-sealed versions were read.
     let clock = RevisionClock::default();
@@ -150,8 +155,9 @@ async fn republish(
         }
     }
     println!(
-        "republished: {published} environment(s) to Redis (prefix {})",
-        names.prefix()
+        "republished: {published} environment(s) to Redis (prefix {}, {} snapshots)",
+        transport.names().prefix(),
+        transport.encoding()
     );
     if failed > 0 {
         anyhow::bail!(

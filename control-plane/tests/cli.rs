@@ -267,15 +267,22 @@ async fn serve_publishes_to_redis_and_bootstraps_the_admin_token_once() {
         .get_multiplexed_async_connection()
         .await
         .unwrap();
-    let stored: String =
+    let stored: Vec<u8> =
         redis::AsyncCommands::get(&mut redis, names.environment_snapshot(&environment_id))
             .await
             .unwrap();
-    assert!(stored.contains(&environment_id.to_string()));
+    let published = airlock_shared::wire::decode_snapshot(&stored).unwrap();
+    assert_eq!(published.environment_id, environment_id);
     terminate(child).await;
 
-    // Second start: no new token; says where the first one is.
-    let (child, mut lines) = spawn(&mut serve());
+    assert_eq!(
+        airlock_shared::wire::SnapshotEncoding::of(&stored),
+        airlock_shared::wire::SnapshotEncoding::Binary
+    );
+
+    // Second start: no new token; says where the first one is. It publishes every
+    // environment again, here as JSON (for data planes older than the binary encoding).
+    let (child, mut lines) = spawn(serve().env("AIRLOCK_SNAPSHOT_ENCODING", "json"));
     wait_for_line(&mut lines, "control plane:").await;
     let notice = wait_for_line(&mut lines, "admin token:").await;
     assert!(
@@ -283,6 +290,14 @@ async fn serve_publishes_to_redis_and_bootstraps_the_admin_token_once() {
         "{notice}"
     );
     assert_eq!(std::fs::read_to_string(&token_file).unwrap().trim(), token);
+    let stored: String =
+        redis::AsyncCommands::get(&mut redis, names.environment_snapshot(&environment_id))
+            .await
+            .unwrap();
+    let republished: airlock_shared::wire::EnvironmentSnapshot =
+        serde_json::from_str(&stored).unwrap();
+    assert_eq!(republished.environment_id, environment_id);
+    assert!(republished.revision > published.revision);
     terminate(child).await;
 
     let keys: Vec<String> = redis::AsyncCommands::keys(&mut redis, format!("{prefix}:*"))

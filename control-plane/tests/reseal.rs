@@ -12,7 +12,7 @@ use airlock_control_plane::entity::{environment, secret, secret_version};
 use airlock_control_plane::files;
 use airlock_shared::keys::RedisNames;
 use airlock_shared::seal::{OpeningKey, OpeningKeyring, SealError, SealedSecret, SecretIdentity};
-use airlock_shared::wire::EnvironmentSnapshot;
+use airlock_shared::wire::{decode_snapshot, EnvironmentSnapshot};
 use common::{TestApp, REDIS_URL};
 use redis::AsyncCommands;
 use sea_orm::sea_query::Expr;
@@ -392,7 +392,7 @@ async fn reseal_command_republishes_and_prints_no_value(app: TestApp) {
     );
     assert!(
         first.stdout.contains(&format!(
-            "republished: 2 environment(s) to Redis (prefix {})",
+            "republished: 2 environment(s) to Redis (prefix {}, binary snapshots)",
             names.prefix()
         )),
         "{}",
@@ -410,12 +410,12 @@ async fn reseal_command_republishes_and_prints_no_value(app: TestApp) {
         (&staging, "WEBHOOK_SECRET", canary("WEBHOOK_SECRET", 1)),
     ] {
         let environment_id: Uuid = environment.parse().unwrap();
-        let json: String = redis
+        let stored: Vec<u8> = redis
             .get(names.environment_snapshot(&environment_id))
             .await
             .unwrap();
-        assert!(!json.contains("canary"));
-        let snapshot: EnvironmentSnapshot = serde_json::from_str(&json).unwrap();
+        assert!(!stored.windows(6).any(|w| w == b"canary"));
+        let snapshot: EnvironmentSnapshot = decode_snapshot(&stored).unwrap();
         let entry = &snapshot.secrets[name];
         assert_eq!(entry.sealed.key_id, new.sealing_key().key_id());
         let identity = SecretIdentity {

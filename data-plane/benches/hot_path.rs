@@ -13,6 +13,9 @@
 //! - `redaction`: scanning a JSON response body for the injected secrets' forms.
 //! - `snapshot_apply`: applying an environment of 10 000 keys, 1 000 functions and 10 000
 //!   sealed secrets (`support/large_environment.rs`) to an empty store.
+//! - `snapshot_parse`, `snapshot_encode`: decoding that environment's snapshot as the data
+//!   plane reads it from Redis, and encoding it as the control plane publishes it, in JSON and
+//!   in the binary encoding.
 //! - `secret_first_use`: the first use of a secret (opening it, its forms and automaton)
 //!   against a later use.
 
@@ -27,7 +30,8 @@ use airlock_shared::api_key::ApiKeyHash;
 use airlock_shared::hosts::HostPattern;
 use airlock_shared::seal::{OpeningKey, OpeningKeyring, SecretIdentity};
 use airlock_shared::wire::{
-    ApiKeyGrant, EnvironmentSnapshot, FunctionSpec, HeaderSpec, SecretEntry,
+    decode_snapshot, ApiKeyGrant, EnvironmentSnapshot, FunctionSpec, HeaderSpec, SecretEntry,
+    SnapshotEncoding,
 };
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, SamplingMode, Throughput};
@@ -469,20 +473,50 @@ fn snapshot_apply(c: &mut Criterion) {
     group.finish();
 }
 
-/// What the sync service does with the JSON it read from Redis before compiling it: parse it
-/// (`serde_json::from_slice` of the bytes, as `sync.rs`), for the large environment of
-/// `snapshot_apply`.
+/// What the sync service does with the bytes it read from Redis before compiling them:
+/// decode them (`decode_snapshot`, as `sync.rs`), for the large environment of
+/// `snapshot_apply`, in both encodings: JSON (`parse_*`, as before the binary encoding) and
+/// binary (`decode_binary_*`).
 fn snapshot_parse(c: &mut Criterion) {
     use support::large_environment::large_environment;
-    let json = serde_json::to_vec(&large_environment(&OpeningKey::generate())).expect("json");
+    let snapshot = large_environment(&OpeningKey::generate());
     let mut group = c.benchmark_group("snapshot_parse");
     group.sample_size(10);
     group.sampling_mode(SamplingMode::Flat);
-    group.throughput(Throughput::Bytes(json.len() as u64));
-    // The parsed snapshot is returned so that dropping it is not timed.
-    group.bench_function("parse_10k_keys_1k_functions_10k_secrets", |b| {
-        b.iter(|| serde_json::from_slice::<EnvironmentSnapshot>(black_box(&json)).expect("parses"))
-    });
+    for (name, encoding) in [
+        (
+            "parse_10k_keys_1k_functions_10k_secrets",
+            SnapshotEncoding::Json,
+        ),
+        (
+            "decode_binary_10k_keys_1k_functions_10k_secrets",
+            SnapshotEncoding::Binary,
+        ),
+    ] {
+        let bytes = encoding.encode(&snapshot).expect("encodes");
+        assert_eq!(SnapshotEncoding::of(&bytes), encoding);
+        group.throughput(Throughput::Bytes(bytes.len() as u64));
+        // The decoded snapshot is returned so that dropping it is not timed.
+        group.bench_function(name, |b| {
+            b.iter(|| decode_snapshot(black_box(&bytes)).expect("decodes"))
+        });
+    }
+    group.finish();
+}
+
+/// What the publisher does before its `SET`: encode the large environment, in both encodings.
+fn snapshot_encode(c: &mut Criterion) {
+    use support::large_environment::large_environment;
+    let snapshot = large_environment(&OpeningKey::generate());
+    let mut group = c.benchmark_group("snapshot_encode");
+    group.sample_size(10);
+    group.sampling_mode(SamplingMode::Flat);
+    for encoding in SnapshotEncoding::ALL {
+        group.bench_function(
+            format!("{encoding}_10k_keys_1k_functions_10k_secrets"),
+            |b| b.iter(|| encoding.encode(black_box(&snapshot)).expect("encodes")),
+        );
+    }
     group.finish();
 }
 
@@ -526,6 +560,7 @@ criterion_group!(
     redaction_small,
     snapshot_apply,
     snapshot_parse,
+    snapshot_encode,
     secret_first_use
 );
 criterion_main!(benches);

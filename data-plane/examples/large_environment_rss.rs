@@ -5,15 +5,15 @@
 //! cargo run --release -p airlock-data-plane --example large_environment_rss
 //! ```
 //!
-//! The snapshot is built and serialized to JSON first, then parsed and applied as the data
-//! plane does with what it reads from Redis; `VmRSS` (from `/proc/self/status`, Linux only)
-//! is printed after each step. No secret value is printed.
+//! The snapshot is built and encoded first (the binary encoding control planes publish), then
+//! decoded and applied as the data plane does with what it reads from Redis; `VmRSS` (from
+//! `/proc/self/status`, Linux only) is printed after each step. No secret value is printed.
 
 use std::time::Instant;
 
 use airlock_data_plane::snapshot::SnapshotStore;
 use airlock_shared::seal::OpeningKey;
-use airlock_shared::wire::EnvironmentSnapshot;
+use airlock_shared::wire::{decode_snapshot, SnapshotEncoding};
 
 #[path = "../benches/support/large_environment.rs"]
 mod large_environment;
@@ -34,20 +34,22 @@ fn status(field: &str) -> String {
 fn main() {
     println!("VmRSS at start: {}", status("VmRSS"));
     let key = OpeningKey::generate();
-    let json =
-        serde_json::to_string(&large_environment::large_environment(&key)).expect("serializes");
-    println!("snapshot JSON: {} bytes", json.len());
-    println!("VmRSS with the snapshot JSON held: {}", status("VmRSS"));
+    let encoding = SnapshotEncoding::default();
+    let bytes = encoding
+        .encode(&large_environment::large_environment(&key))
+        .expect("encodes");
+    println!("snapshot ({encoding}): {} bytes", bytes.len());
+    println!("VmRSS with the encoded snapshot held: {}", status("VmRSS"));
 
     let store = SnapshotStore::new(key.into());
-    let snapshot: EnvironmentSnapshot = serde_json::from_str(&json).expect("parses");
+    let snapshot = decode_snapshot(&bytes).expect("decodes");
     let started = Instant::now();
     store.apply(snapshot);
     let applied = started.elapsed();
-    drop(json);
+    drop(bytes);
     println!("applied in {} ms", applied.as_millis());
     println!(
-        "VmRSS with the environment applied (JSON dropped): {}",
+        "VmRSS with the environment applied (encoded snapshot dropped): {}",
         status("VmRSS")
     );
 

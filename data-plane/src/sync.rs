@@ -4,18 +4,19 @@
 //! compilation, HPKE opening) never competes with request handling on the proxy's threads.
 //!
 //! Redis protocol (see `airlock_shared::keys::RedisNames`): the control plane `SET`s the
-//! snapshot JSON, `HSET`s its revision in the index and `PUBLISH`es the environment id, in one
-//! `MULTI`. Here: subscribe first, then read the whole index (so nothing published in between
-//! is missed), then fetch the environment named by every message; every few seconds and after
-//! every reconnect the index is read again to catch lost messages. Redis being down never
-//! stops the data plane: it keeps serving the last snapshot and retries with backoff.
+//! snapshot (JSON or binary, `airlock_shared::wire::encoding`; both are read), `HSET`s its
+//! revision in the index and `PUBLISH`es the environment id, in one `MULTI`. Here: subscribe
+//! first, then read the whole index (so nothing published in between is missed), then fetch
+//! the environment named by every message; every few seconds and after every reconnect the
+//! index is read again to catch lost messages. Redis being down never stops the data plane:
+//! it keeps serving the last snapshot and retries with backoff.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use airlock_shared::keys::RedisNames;
-use airlock_shared::wire::EnvironmentSnapshot;
+use airlock_shared::wire::{decode_snapshot, EnvironmentSnapshot, SnapshotEncoding};
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use pingora::server::ShutdownWatch;
@@ -26,6 +27,7 @@ use tokio::sync::mpsc::UnboundedReceiver;
 use crate::SnapshotDelivery;
 use uuid::Uuid;
 
+use crate::memory::TrimSchedule;
 use crate::snapshot::{ApplyOutcome, SnapshotStore};
 use crate::ConfigSource;
 
@@ -71,6 +73,7 @@ impl BackgroundService for ConfigSync {
                         names,
                         store: self.store.clone(),
                         unusable: HashMap::new(),
+                        trim: TrimSchedule::default(),
                     }
                     .run(shutdown)
                     .await
@@ -93,40 +96,44 @@ async fn run_in_process(
     mut receiver: UnboundedReceiver<SnapshotDelivery>,
     mut shutdown: ShutdownWatch,
 ) {
+    let mut trim = TrimSchedule::default();
     // Everything queued before the service started is the initial sync.
     while let Ok(delivery) = receiver.try_recv() {
-        deliver(store, delivery);
+        deliver(store, delivery, &mut trim);
     }
     store.mark_synced();
     loop {
         tokio::select! {
             received = receiver.recv() => match received {
-                Some(delivery) => deliver(store, delivery),
+                Some(delivery) => deliver(store, delivery, &mut trim),
                 None => {
                     tracing::info!("in-process config channel closed; serving the last snapshot");
+                    trim.trim();
                     shutting_down(&mut shutdown).await;
                     return;
                 }
             },
+            _ = trim.wait() => trim.trim(),
             _ = shutting_down(&mut shutdown) => return,
         }
     }
 }
 
-fn deliver(store: &SnapshotStore, delivery: SnapshotDelivery) {
-    apply(store, delivery.snapshot);
+fn deliver(store: &SnapshotStore, delivery: SnapshotDelivery, trim: &mut TrimSchedule) {
+    apply(store, delivery.snapshot, trim);
     if let Some(applied) = delivery.applied {
         // The sender may have stopped waiting; nothing to do then.
         let _ = applied.send(());
     }
 }
 
-fn apply(store: &SnapshotStore, snapshot: EnvironmentSnapshot) {
+fn apply(store: &SnapshotStore, snapshot: EnvironmentSnapshot, trim: &mut TrimSchedule) {
     let environment_id = snapshot.environment_id;
     let revision = snapshot.revision;
     match store.apply(snapshot) {
-        // The replaced environment (and the snapshot's JSON) were just freed.
-        ApplyOutcome::Applied => crate::memory::release_freed(),
+        // The replaced environment (and the decoded snapshot) were just freed: returned to
+        // the system once snapshots stop coming (`memory` module docs).
+        ApplyOutcome::Applied => trim.applied(tokio::time::Instant::now()),
         ApplyOutcome::Stale { held } => {
             tracing::debug!(%environment_id, revision, held, "ignoring a snapshot that is not newer");
         }
@@ -157,6 +164,8 @@ struct RedisSync {
     store: Arc<SnapshotStore>,
     /// Revisions whose snapshot could not be read, so each is logged once, not every resync.
     unusable: HashMap<Uuid, i64>,
+    /// When to return the memory applied snapshots freed.
+    trim: TrimSchedule,
 }
 
 impl RedisSync {
@@ -172,6 +181,10 @@ impl RedisSync {
                 retry_in = ?backoff,
                 "config sync from Redis interrupted; serving the last snapshot"
             );
+            // No snapshot comes while disconnected: a pending trim need not wait for one.
+            if self.trim.due().is_some() {
+                self.trim.trim();
+            }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = shutting_down(&mut shutdown) => return,
@@ -223,6 +236,7 @@ impl RedisSync {
                     }
                 }
                 _ = resync.tick() => self.full_sync(&mut conn).await?,
+                _ = self.trim.wait() => self.trim.trim(),
             }
         }
     }
@@ -259,36 +273,36 @@ impl RedisSync {
         indexed_revision: Option<i64>,
     ) -> Result<(), SyncError> {
         let started = std::time::Instant::now();
-        let json: Option<Vec<u8>> = conn
+        let bytes: Option<Vec<u8>> = conn
             .get(self.names.environment_snapshot(&environment_id))
             .await?;
-        let Some(json) = json else {
+        let Some(bytes) = bytes else {
             tracing::warn!(%environment_id, "notified of a snapshot that is not in Redis");
             return Ok(());
         };
         let read_us = started.elapsed().as_micros();
-        // Bytes, not a `String`: the parser checks the UTF-8 of the strings it reads, so a
-        // separate pass over the whole snapshot first would only repeat that.
-        let parsed = serde_json::from_slice::<EnvironmentSnapshot>(&json);
-        // Where a snapshot's time to go live goes (`docs/BENCHMARKS.md`: the parse is most of
-        // it); the apply logs the rest.
+        // JSON or binary, whichever the control plane published (`wire::encoding`).
+        let decoded = decode_snapshot(&bytes);
+        // Where a snapshot's time to go live goes (`docs/BENCHMARKS.md`); the apply logs the
+        // rest.
         tracing::debug!(
             %environment_id,
-            bytes = json.len(),
+            encoding = %SnapshotEncoding::of(&bytes),
+            bytes = bytes.len(),
             read_us,
-            parse_us = started.elapsed().as_micros() - read_us,
+            decode_us = started.elapsed().as_micros() - read_us,
             "snapshot read from Redis"
         );
         // Megabytes for a large environment: not kept while the snapshot compiles.
-        drop(json);
-        let problem = match parsed {
+        drop(bytes);
+        let problem = match decoded {
             Ok(snapshot) if snapshot.environment_id == environment_id => {
                 self.unusable.remove(&environment_id);
-                apply(&self.store, snapshot);
+                apply(&self.store, snapshot, &mut self.trim);
                 return Ok(());
             }
             Ok(_) => "it belongs to another environment".to_string(),
-            // serde_json messages give a position, never the content.
+            // The messages name positions and versions; a snapshot holds no plaintext secret.
             Err(error) => format!("it is not a valid snapshot: {error}"),
         };
         if let Some(revision) = indexed_revision {

@@ -2,12 +2,14 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use airlock_data_plane::{ConfigSource, EventSink};
 use airlock_shared::keys::RedisNames;
 use airlock_shared::seal::OpeningKey;
-use airlock_shared::wire::EnvironmentSnapshot;
+use airlock_shared::wire::encoding::{BINARY_MARKER, BINARY_VERSION};
+use airlock_shared::wire::{EnvironmentSnapshot, SnapshotEncoding};
 use common::*;
 use uuid::Uuid;
 
@@ -22,27 +24,82 @@ async fn redis() -> redis::aio::MultiplexedConnection {
         .expect("Redis at 127.0.0.1:6379")
 }
 
-/// Publish exactly as the control plane does: one MULTI with SET, HSET and PUBLISH.
+/// Publish exactly as the control plane does: one MULTI with SET, HSET and PUBLISH, in the
+/// encoding control planes publish by default.
 async fn publish(
     con: &mut redis::aio::MultiplexedConnection,
     names: &RedisNames,
     s: &EnvironmentSnapshot,
 ) {
+    publish_encoded(con, names, s, SnapshotEncoding::default()).await;
+}
+
+async fn publish_encoded(
+    con: &mut redis::aio::MultiplexedConnection,
+    names: &RedisNames,
+    s: &EnvironmentSnapshot,
+    encoding: SnapshotEncoding,
+) {
+    let bytes = encoding.encode(s).unwrap();
+    publish_bytes(con, names, s.environment_id, s.revision, bytes).await;
+}
+
+/// Publish `bytes` as the snapshot of `env` at `revision`, whatever they are.
+async fn publish_bytes(
+    con: &mut redis::aio::MultiplexedConnection,
+    names: &RedisNames,
+    env: Uuid,
+    revision: i64,
+    bytes: Vec<u8>,
+) {
     redis::pipe()
         .atomic()
-        .set(
-            names.environment_snapshot(&s.environment_id),
-            serde_json::to_string(s).unwrap(),
-        )
-        .hset(
-            names.snapshot_index(),
-            s.environment_id.to_string(),
-            s.revision,
-        )
-        .publish(names.config_channel(), s.environment_id.to_string())
+        .set(names.environment_snapshot(&env), bytes)
+        .hset(names.snapshot_index(), env.to_string(), revision)
+        .publish(names.config_channel(), env.to_string())
         .query_async::<()>(con)
         .await
         .unwrap();
+}
+
+/// Everything the data planes of this test binary log at `warn` and above, and the sync's
+/// debug lines (one global subscriber: each test looks for its own environment id).
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("warn,airlock_data_plane::sync=debug")
+            .with_ansi(false)
+            .with_writer(move || LogSink(writer.clone()))
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        logs
+    })
+    .clone()
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The captured log lines that mention `env`.
+fn log_lines_of(logs: &Mutex<Vec<u8>>, env: Uuid) -> Vec<String> {
+    let env = env.to_string();
+    String::from_utf8_lossy(&logs.lock().unwrap())
+        .lines()
+        .filter(|line| line.contains(&env))
+        .map(str::to_string)
+        .collect()
 }
 
 /// Store a snapshot without notifying (a lost pub/sub message).
@@ -55,7 +112,7 @@ async fn store_silently(
         .atomic()
         .set(
             names.environment_snapshot(&s.environment_id),
-            serde_json::to_string(s).unwrap(),
+            SnapshotEncoding::default().encode(s).unwrap(),
         )
         .hset(
             names.snapshot_index(),
@@ -257,6 +314,135 @@ async fn a_redis_outage_keeps_the_last_snapshot_and_resyncs_on_reconnect() {
     eventually(Duration::from_secs(4), || async {
         plane.invoke("call", Some(API_KEY), "").await.status() == 200
             && upstream.last().target == "/v2"
+    })
+    .await;
+
+    plane.shutdown().await;
+    cleanup(&mut con, &names, &[env]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_and_binary_snapshots_are_both_served() {
+    // A rolling upgrade: this data plane is new, the control planes publish JSON until they
+    // are upgraded too, then binary; one rolled back publishes JSON again.
+    let names = RedisNames::new(format!("test-{}", Uuid::new_v4()));
+    let key = OpeningKey::generate();
+    let upstream = Upstream::start().await;
+    let env = Uuid::new_v4();
+    let mut con = redis().await;
+    let logs = captured_logs();
+    let first = snapshot(&upstream, env, 1, "/json");
+    publish_encoded(&mut con, &names, &first, SnapshotEncoding::Json).await;
+
+    let plane = start(&key, &names).await;
+    assert_eq!(plane.invoke("call", Some(API_KEY), "").await.status(), 200);
+    assert_eq!(upstream.last().target, "/json");
+
+    for (revision, encoding, path) in [
+        (2, SnapshotEncoding::Binary, "/binary"),
+        (3, SnapshotEncoding::Json, "/json-again"),
+        (4, SnapshotEncoding::Binary, "/binary-again"),
+    ] {
+        let next = snapshot(&upstream, env, revision, path);
+        publish_encoded(&mut con, &names, &next, encoding).await;
+        eventually(Duration::from_secs(2), || async {
+            plane.invoke("call", Some(API_KEY), "").await.status() == 200
+                && upstream.last().target == path
+        })
+        .await;
+    }
+    // The sync says which encoding it read.
+    let reads: Vec<String> = log_lines_of(&logs, env)
+        .into_iter()
+        .filter(|line| line.contains("snapshot read from Redis"))
+        .collect();
+    assert!(
+        reads.iter().any(|l| l.contains("encoding=json")),
+        "{reads:#?}"
+    );
+    assert!(
+        reads.iter().any(|l| l.contains("encoding=binary")),
+        "{reads:#?}"
+    );
+    assert!(reads.iter().all(|l| l.contains("decode_us=")), "{reads:#?}");
+
+    plane.shutdown().await;
+    cleanup(&mut con, &names, &[env]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_garbled_snapshot_is_refused_with_a_clear_log_and_nothing_applied() {
+    let names = RedisNames::new(format!("test-{}", Uuid::new_v4()));
+    let key = OpeningKey::generate();
+    let upstream = Upstream::start().await;
+    let env = Uuid::new_v4();
+    let mut con = redis().await;
+    let logs = captured_logs();
+    publish(&mut con, &names, &snapshot(&upstream, env, 1, "/good")).await;
+    let plane = start(&key, &names).await;
+    assert_eq!(plane.invoke("call", Some(API_KEY), "").await.status(), 200);
+
+    // Each would route `call` to /bad and let a new key in, had it been applied.
+    let bad = |revision: i64| {
+        SnapshotBuilder::new(env, revision)
+            .function("call", "GET", &upstream.url("/bad"), &[], None, 2_000)
+            .key(API_KEY, &["call"])
+            .key("ak_redis_from_a_bad_snapshot", &["*"])
+            .build()
+    };
+    let binary = |revision| SnapshotEncoding::Binary.encode(&bad(revision)).unwrap();
+    let truncated = {
+        let mut bytes = binary(2);
+        bytes.truncate(bytes.len() - 20);
+        bytes
+    };
+    let newer_layout = {
+        let mut bytes = binary(3);
+        bytes[BINARY_MARKER.len()] = BINARY_VERSION + 1;
+        bytes
+    };
+    let extended = {
+        let mut bytes = binary(4);
+        bytes.extend_from_slice(b"junk");
+        bytes
+    };
+    let mut bad_json = SnapshotEncoding::Json.encode(&bad(5)).unwrap();
+    bad_json.truncate(bad_json.len() / 2);
+    let cases: [(i64, Vec<u8>, &str); 6] = [
+        (2, truncated, "invalid binary snapshot (layout version 1)"),
+        (3, newer_layout, "published by a newer control plane"),
+        (4, extended, "4 bytes after its end"),
+        (5, bad_json, "invalid JSON snapshot"),
+        (
+            6,
+            b"\0not the marker".to_vec(),
+            "neither JSON nor a binary snapshot",
+        ),
+        (7, Vec::new(), "invalid JSON snapshot"),
+    ];
+    for (revision, bytes, says) in cases {
+        publish_bytes(&mut con, &names, env, revision, bytes).await;
+        eventually(Duration::from_secs(2), || async {
+            log_lines_of(&logs, env).iter().any(|line| {
+                line.contains("ERROR")
+                    && line.contains("ignoring the snapshot stored in Redis")
+                    && line.contains(says)
+            })
+        })
+        .await;
+        // Nothing of it is live: the last good snapshot still serves.
+        assert_eq!(plane.invoke("call", Some(API_KEY), "").await.status(), 200);
+        assert_eq!(upstream.last().target, "/good", "revision {revision}");
+        let refused = plane
+            .invoke("call", Some("ak_redis_from_a_bad_snapshot"), "")
+            .await;
+        assert_eq!(refused.status(), 401, "revision {revision}");
+    }
+    // A good snapshot after them goes live.
+    publish(&mut con, &names, &snapshot(&upstream, env, 8, "/fixed")).await;
+    eventually(Duration::from_secs(2), || async {
+        plane.invoke("call", Some(API_KEY), "").await.status() == 200
+            && upstream.last().target == "/fixed"
     })
     .await;
 

@@ -15,7 +15,8 @@ pub const KEY_MARKER: &str = "ak_";
 /// How many leading characters of a key are stored and shown as its prefix.
 pub const PREFIX_LEN: usize = 11;
 
-/// SHA-256 of an API key: what the database (as hex) and the snapshot (as hex, in JSON) hold.
+/// SHA-256 of an API key: what the database (as hex) and the snapshot (as hex in JSON, as
+/// bytes in the binary encoding) hold.
 /// Kept as its 32 bytes, so hashing a presented key and looking it up allocate nothing, and a
 /// snapshot of 10 000 keys parses without 10 000 strings.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -51,8 +52,13 @@ impl std::fmt::Debug for ApiKeyHash {
     }
 }
 
+/// In human-readable formats (JSON) 64 hex digits; in binary ones (the binary snapshot
+/// encoding, [`crate::wire::encoding`]) the 32 bytes themselves.
 impl Serialize for ApiKeyHash {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if !serializer.is_human_readable() {
+            return serializer.serialize_bytes(&self.0);
+        }
         let mut text = [0u8; 64];
         // Cannot fail: the buffer is exactly twice the length of the bytes.
         hex::encode_to_slice(self.0, &mut text).map_err(serde::ser::Error::custom)?;
@@ -63,18 +69,27 @@ impl Serialize for ApiKeyHash {
 
 impl<'de> Deserialize<'de> for ApiKeyHash {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct HexVisitor;
-        impl serde::de::Visitor<'_> for HexVisitor {
+        struct HashVisitor;
+        impl serde::de::Visitor<'_> for HashVisitor {
             type Value = ApiKeyHash;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("64 hex digits (a SHA-256 hash)")
+                f.write_str("64 hex digits or 32 bytes (a SHA-256 hash)")
             }
             // Borrowed or not, the text is only decoded: no copy of it is made.
             fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<ApiKeyHash, E> {
                 ApiKeyHash::from_hex(text).map_err(E::custom)
             }
+            fn visit_bytes<E: serde::de::Error>(self, bytes: &[u8]) -> Result<ApiKeyHash, E> {
+                <[u8; 32]>::try_from(bytes)
+                    .map(ApiKeyHash)
+                    .map_err(|_| E::invalid_length(bytes.len(), &self))
+            }
         }
-        deserializer.deserialize_str(HexVisitor)
+        if deserializer.is_human_readable() {
+            deserializer.deserialize_str(HashVisitor)
+        } else {
+            deserializer.deserialize_bytes(HashVisitor)
+        }
     }
 }
 

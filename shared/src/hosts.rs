@@ -19,10 +19,17 @@ pub enum HostPatternError {
     Invalid(String),
 }
 
-/// One allowed host, validated and lower-cased.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+/// One allowed host, validated and lower-cased. Written as its text (without a copy: every
+/// secret of a snapshot has its bindings), read back through [`HostPattern::try_from`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "String")]
 pub struct HostPattern(String);
+
+impl Serialize for HostPattern {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl HostPattern {
     /// Parse and normalise a pattern.
@@ -189,6 +196,21 @@ mod tests {
                 "{bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn patterns_are_written_as_their_text() {
+        let pattern = HostPattern::parse("*.Example.com").unwrap();
+        assert_eq!(
+            serde_json::to_string(&pattern).unwrap(),
+            "\"*.example.com\""
+        );
+        let patterns = vec![pattern, HostPattern::parse("10.0.0.1").unwrap()];
+        let json = serde_json::to_string(&patterns).unwrap();
+        assert_eq!(
+            serde_json::from_str::<Vec<HostPattern>>(&json).unwrap(),
+            patterns
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //!
 //! The control plane builds one [`EnvironmentSnapshot`] per environment from the database and
 //! publishes it (in-process under `airlock dev`, through Redis otherwise). The data plane
-//! compiles it once and serves every request from that immutable compiled form.
+//! compiles it once and serves every request from that immutable compiled form. Through
+//! Redis it travels in one of two encodings, JSON or a compact binary one ([`encoding`]).
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,10 @@ use crate::api_key::ApiKeyHash;
 use crate::hosts::HostPattern;
 use crate::oauth::{OAuthClientSpec, OAuthConnectionSpec, PendingAuthorization};
 use crate::seal::SealedSecret;
+
+pub mod encoding;
+
+pub use encoding::{decode_snapshot, SnapshotDecodeError, SnapshotEncodeError, SnapshotEncoding};
 
 /// Everything a data plane needs to serve one environment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
