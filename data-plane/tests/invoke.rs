@@ -261,18 +261,38 @@ async fn chunked_bodies_are_accepted_up_to_the_body_limit() {
     plane.shutdown().await;
 }
 
+/// Read one response with a `content-length` body from `stream`, leaving the connection open.
+fn read_one_response(stream: &mut std::net::TcpStream) -> String {
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).unwrap();
+        response.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&response).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map(|value| value.trim().parse().unwrap())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).unwrap();
+    response.extend_from_slice(&body);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_expecting_100_continue_gets_it_before_sending_the_body() {
     let (plane, upstream, _) = plane_with_upstream().await;
     let addr = plane.base.trim_start_matches("http://").to_string();
-    let response = tokio::task::spawn_blocking(move || {
+    let (interim, first, second) = tokio::task::spawn_blocking(move || {
         let body = r#"{"text": "after continue"}"#;
         let mut stream = std::net::TcpStream::connect(&addr).unwrap();
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .unwrap();
         let head = format!(
-            "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+            "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).unwrap();
@@ -281,15 +301,35 @@ async fn a_client_expecting_100_continue_gets_it_before_sending_the_body() {
         stream.read_exact(&mut interim).unwrap();
         let interim = String::from_utf8_lossy(&interim).into_owned();
         stream.write_all(body.as_bytes()).unwrap();
-        let mut rest = Vec::new();
-        let _ = stream.read_to_end(&mut rest);
-        (interim, String::from_utf8_lossy(&rest).into_owned())
+        let first = read_one_response(&mut stream);
+        // The connection stays usable: a second request on it is answered.
+        let again = r#"{"text": "second"}"#;
+        let request = format!(
+            "POST /v1/functions/echo/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{again}",
+            again.len()
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut second = Vec::new();
+        let _ = stream.read_to_end(&mut second);
+        (interim, first, String::from_utf8_lossy(&second).into_owned())
     })
     .await
     .unwrap();
-    assert_eq!(response.0, "HTTP/1.1 100 Continue\r\n\r\n");
-    assert!(response.1.starts_with("HTTP/1.1 200"), "{}", response.1);
-    assert_eq!(upstream.last().body, br#"{"text": "after continue"}"#);
+    assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(
+        first.to_ascii_lowercase().contains("connection: keep-alive"),
+        "{first}"
+    );
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    let bodies: Vec<Vec<u8>> = upstream.requests().into_iter().map(|r| r.body).collect();
+    assert_eq!(
+        bodies,
+        [
+            br#"{"text": "after continue"}"#.to_vec(),
+            br#"{"text": "second"}"#.to_vec()
+        ]
+    );
     plane.shutdown().await;
 }
 

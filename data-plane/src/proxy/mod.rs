@@ -793,10 +793,12 @@ async fn read_invoke_body(session: &mut ServerSession) -> Result<Bytes, GatewayE
         .get(header::EXPECT)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if expects_continue {
-        session
-            .write_continue_response()
-            .await
-            .map_err(|_| GatewayError::BadRequest("the request could not be read"))?;
+        // A response written before the body is read makes Pingora close the connection
+        // afterwards (`respond_error`); the interim 100 is not such a response.
+        session.set_close_on_response_before_downstream_finish(false);
+        let written = session.write_continue_response().await;
+        session.set_close_on_response_before_downstream_finish(true);
+        written.map_err(|_| GatewayError::BadRequest("the request could not be read"))?;
     }
     session.set_read_timeout(Some(BODY_READ_TIMEOUT));
     // Grow as bytes arrive rather than trusting the declared length up front.
