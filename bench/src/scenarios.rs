@@ -388,6 +388,7 @@ async fn measure(
 
     let cold = cold_secrets(
         &client,
+        dir,
         publisher,
         fixture,
         run,
@@ -604,10 +605,13 @@ async fn open_loop(client: &reqwest::Client, targets: Vec<Target>, rate: f64) ->
 /// Scenario E: every request injects a secret not used since its snapshot was applied.
 /// Each round republishes the environment (a new revision: every secret cold again), then
 /// invokes each function once (each injects its own secret), open loop; the same requests
-/// again (warm) and directly to the upstream (A) are the comparison.
+/// again (warm) and directly to the upstream (A) are the comparison. Every latency, with
+/// when it was due after the round's go-live, is written to `e-latencies.csv` in `dir`
+/// (kept with `--keep`): where in a round the slow requests fall.
 #[allow(clippy::too_many_arguments)]
 async fn cold_secrets(
     client: &reqwest::Client,
+    dir: &Path,
     publisher: &RedisTransport,
     fixture: &mut fixture::Fixture,
     run: &str,
@@ -631,13 +635,25 @@ async fn cold_secrets(
         body: None,
     };
     let (mut cold, mut warm, mut baseline) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..rounds {
+    let mut csv = String::from("round,phase,due_ms,latency_us\n");
+    for round in 0..rounds {
         republish(client, publisher, fixture, run, airlock_url).await?;
-        cold.extend(open_loop(client, functions.iter().map(|&i| invoke(i)).collect(), rate).await?);
-        warm.extend(open_loop(client, functions.iter().map(|&i| invoke(i)).collect(), rate).await?);
-        baseline
-            .extend(open_loop(client, functions.iter().map(|&i| direct(i)).collect(), rate).await?);
+        let live = Instant::now();
+        for (phase, latencies, targets) in [
+            ("cold", &mut cold, functions.iter().map(|&i| invoke(i)).collect::<Vec<_>>()),
+            ("warm", &mut warm, functions.iter().map(|&i| invoke(i)).collect()),
+            ("direct", &mut baseline, functions.iter().map(|&i| direct(i)).collect()),
+        ] {
+            let offset = live.elapsed().as_secs_f64() * 1e3;
+            let measured = open_loop(client, targets, rate).await?;
+            for (i, micros) in measured.iter().enumerate() {
+                let due_ms = offset + i as f64 * 1e3 / rate;
+                csv.push_str(&format!("{round},{phase},{due_ms:.1},{micros:.0}\n"));
+            }
+            latencies.extend(measured);
+        }
     }
+    std::fs::write(dir.join("e-latencies.csv"), csv).context("cannot write e-latencies.csv")?;
     Ok(report::Cold {
         rate,
         cold: report::percentiles(cold),
