@@ -406,6 +406,12 @@ async fn measure(
         options.smoke,
     )
     .await?;
+    // The data plane returns freed memory once changes have stopped for a second, on a thread
+    // that runs when its CPU is otherwise idle (`data-plane/src/memory.rs`); the propagation
+    // step just run shares that CPU. Its resident set is read once it has had that quiet.
+    if !options.smoke {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
     let report = Report {
         smoke: options.smoke,
         size,
@@ -640,9 +646,21 @@ async fn cold_secrets(
         republish(client, publisher, fixture, run, airlock_url).await?;
         let live = Instant::now();
         for (phase, latencies, targets) in [
-            ("cold", &mut cold, functions.iter().map(|&i| invoke(i)).collect::<Vec<_>>()),
-            ("warm", &mut warm, functions.iter().map(|&i| invoke(i)).collect()),
-            ("direct", &mut baseline, functions.iter().map(|&i| direct(i)).collect()),
+            (
+                "cold",
+                &mut cold,
+                functions.iter().map(|&i| invoke(i)).collect::<Vec<_>>(),
+            ),
+            (
+                "warm",
+                &mut warm,
+                functions.iter().map(|&i| invoke(i)).collect(),
+            ),
+            (
+                "direct",
+                &mut baseline,
+                functions.iter().map(|&i| direct(i)).collect(),
+            ),
         ] {
             let offset = live.elapsed().as_secs_f64() * 1e3;
             let measured = open_loop(client, targets, rate).await?;

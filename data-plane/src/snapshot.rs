@@ -20,7 +20,8 @@
 //! moved onto another name, a damaged snapshot) is remembered as such, logged once by name,
 //! and fails closed for every request, exactly as if it were missing. A new snapshot (after a
 //! rotation, say) is a new compiled environment whose secrets start sealed again; the old
-//! values are zeroized when the last request holding the old environment ends.
+//! values are zeroized when the replaced environment is dropped, on the reclaimer's thread
+//! once no request holds it any more ([`crate::memory`]).
 //!
 //! Key use (for `lastUsedAt`) is recorded on the request path in one atomic per key of the
 //! compiled environment; [`SnapshotStore::take_uses`] collects it (also from environments
@@ -41,6 +42,7 @@ use arc_swap::ArcSwap;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::memory::Reclaimer;
 use crate::oauth::CompiledOAuth;
 use crate::proxy::redact::{RedactionIndex, RequestRedaction};
 use crate::scope::KeyScope;
@@ -223,6 +225,10 @@ impl CompiledEnvironment {
     /// Take the uses recorded since the last call, leaving none.
     fn take_uses(&self, into: &mut HashMap<Uuid, i64>) {
         for (grant, last_used) in self.api_keys.iter().zip(self.last_used.iter()) {
+            // A plain read first: most keys were not used, and a swap would write every one.
+            if last_used.load(Ordering::Relaxed) == 0 {
+                continue;
+            }
             let at = last_used.swap(0, Ordering::AcqRel);
             if at > 0 {
                 let latest = into.entry(grant.id).or_insert(at);
@@ -492,6 +498,8 @@ pub struct SnapshotStore {
     synced: AtomicBool,
     /// Uses collected from environments replaced since the last [`SnapshotStore::take_uses`].
     replaced_uses: Mutex<HashMap<Uuid, i64>>,
+    /// Drops replaced snapshots off the request path and the sync task ([`crate::memory`]).
+    reclaimer: Reclaimer,
 }
 
 impl std::fmt::Debug for SnapshotStore {
@@ -512,7 +520,13 @@ impl SnapshotStore {
             writer: Mutex::new(()),
             synced: AtomicBool::new(false),
             replaced_uses: Mutex::new(HashMap::new()),
+            reclaimer: Reclaimer::start(),
         }
+    }
+
+    /// The thread that frees replaced snapshots and returns freed memory to the system.
+    pub(crate) fn reclaimer(&self) -> &Reclaimer {
+        &self.reclaimer
     }
 
     /// The live snapshot (lock-free).
@@ -539,6 +553,9 @@ impl SnapshotStore {
             }
         }
         let revision = snapshot.revision;
+        // What an earlier apply replaced and the reclaimer has not freed yet (its thread
+        // waits while the CPU is busy) is freed before another environment is built.
+        self.reclaimer.free_now();
         let started = std::time::Instant::now();
         // Compile before taking the writer lock: it is the expensive part.
         let compiled = CompiledEnvironment::compile(snapshot, &self.opening_keys);
@@ -558,16 +575,23 @@ impl SnapshotStore {
             }
         }
         let next = current.with_environment(compiled);
-        self.current.store(Arc::new(next));
+        drop(current);
+        let previous = self.current.swap(Arc::new(next));
         // Keep what was recorded on the replaced environment for the next report. (A request
         // that still holds it and records a use after this line is not reported; the key's
         // next use is.)
-        if let Some(replaced) = current.environments.get(&environment_id) {
+        let replaced = previous.environments.get(&environment_id).cloned();
+        if let Some(replaced) = &replaced {
             let mut uses = self
                 .replaced_uses
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             replaced.take_uses(&mut uses);
+        }
+        // Freed elsewhere, the snapshot before the environment it held.
+        self.reclaimer.retire(previous);
+        if let Some(replaced) = replaced {
+            self.reclaimer.retire(replaced);
         }
         tracing::info!(
             %environment_id,
@@ -859,6 +883,25 @@ mod tests {
         );
         // A request still holding the old environment keeps what it had.
         assert_eq!(first.secret("TOKEN"), Some("first-value"));
+    }
+
+    #[test]
+    fn a_replaced_environment_is_freed_once_the_requests_holding_it_end() {
+        let store = SnapshotStore::new(OpeningKey::generate().into());
+        assert_eq!(store.apply(snapshot(ENV_A, 1)), ApplyOutcome::Applied);
+        // A request under way holds the live environment.
+        let held = store.load().environment(&ENV_A).unwrap().clone();
+        let freed = Arc::downgrade(&held);
+        assert_eq!(store.apply(snapshot(ENV_A, 2)), ApplyOutcome::Applied);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert_eq!(held.revision, 1, "still usable by the request");
+        drop(held);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while freed.upgrade().is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(freed.upgrade().is_none(), "revision 1 was never freed");
+        assert_eq!(store.revision_of(&ENV_A), Some(2));
     }
 
     #[test]

@@ -108,12 +108,12 @@ async fn run_in_process(
                 Some(delivery) => deliver(store, delivery, &mut trim),
                 None => {
                     tracing::info!("in-process config channel closed; serving the last snapshot");
-                    trim.trim();
+                    trim.trim(store.reclaimer());
                     shutting_down(&mut shutdown).await;
                     return;
                 }
             },
-            _ = trim.wait() => trim.trim(),
+            _ = trim.wait() => trim.trim(store.reclaimer()),
             _ = shutting_down(&mut shutdown) => return,
         }
     }
@@ -131,8 +131,8 @@ fn apply(store: &SnapshotStore, snapshot: EnvironmentSnapshot, trim: &mut TrimSc
     let environment_id = snapshot.environment_id;
     let revision = snapshot.revision;
     match store.apply(snapshot) {
-        // The replaced environment (and the decoded snapshot) were just freed: returned to
-        // the system once snapshots stop coming (`memory` module docs).
+        // The decoded snapshot was just freed and the replaced environment handed to the
+        // reclaimer: returned to the system once snapshots stop coming (`memory` module docs).
         ApplyOutcome::Applied => trim.applied(tokio::time::Instant::now()),
         ApplyOutcome::Stale { held } => {
             tracing::debug!(%environment_id, revision, held, "ignoring a snapshot that is not newer");
@@ -183,7 +183,7 @@ impl RedisSync {
             );
             // No snapshot comes while disconnected: a pending trim need not wait for one.
             if self.trim.due().is_some() {
-                self.trim.trim();
+                self.trim.trim(self.store.reclaimer());
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -236,7 +236,7 @@ impl RedisSync {
                     }
                 }
                 _ = resync.tick() => self.full_sync(&mut conn).await?,
-                _ = self.trim.wait() => self.trim.trim(),
+                _ = self.trim.wait() => self.trim.trim(self.store.reclaimer()),
             }
         }
     }
@@ -272,6 +272,9 @@ impl RedisSync {
         environment_id: Uuid,
         indexed_revision: Option<i64>,
     ) -> Result<(), SyncError> {
+        // What an earlier apply replaced and the reclaimer has not freed yet is not kept
+        // beside another decoded and compiled environment.
+        self.store.reclaimer().free_now();
         let started = std::time::Instant::now();
         let bytes: Option<Vec<u8>> = conn
             .get(self.names.environment_snapshot(&environment_id))

@@ -318,7 +318,9 @@ async fn a_client_expecting_100_continue_gets_it_before_sending_the_body() {
     assert_eq!(interim, "HTTP/1.1 100 Continue\r\n\r\n");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     assert!(
-        first.to_ascii_lowercase().contains("connection: keep-alive"),
+        first
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
         "{first}"
     );
     assert!(second.starts_with("HTTP/1.1 200"), "{second}");
