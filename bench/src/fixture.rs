@@ -32,6 +32,24 @@ pub struct Fixture {
     pub key: String,
 }
 
+impl Fixture {
+    /// Make the snapshot its next revision, with one more key (granted `*`) that only this
+    /// revision has: the key answers 200 once the revision is live. Returns that key.
+    pub fn next_revision_with_marker(&mut self, run: &str) -> String {
+        let snapshot = &mut self.snapshot;
+        snapshot.revision += 1;
+        let marker = api_key(run, 900_000 + snapshot.revision as usize);
+        snapshot.api_keys.push(airlock_shared::wire::ApiKeyGrant {
+            id: uuid::Uuid::new_v4(),
+            name: format!("marker {}", snapshot.revision),
+            hash: airlock_shared::api_key::ApiKeyHash::of(&marker),
+            functions: vec!["*".into()],
+            expires_at: None,
+        });
+        marker
+    }
+}
+
 /// The API key of index `i` (the plaintext a client would hold).
 pub fn api_key(run: &str, i: usize) -> String {
     format!("ak_bench_{run}_{i:06}")

@@ -223,16 +223,8 @@ async fn measure(
 
 /// Publish a new revision with one new key and wait until the data plane accepts that key.
 async fn republish(client: &reqwest::Client, plane: &mut Plane) -> Result<Cycle> {
-    let snapshot = &mut plane.fixture.snapshot;
-    snapshot.revision += 1;
-    let marker = fixture::api_key("golive", 900_000 + snapshot.revision as usize);
-    snapshot.api_keys.push(airlock_shared::wire::ApiKeyGrant {
-        id: uuid::Uuid::new_v4(),
-        name: format!("marker {}", snapshot.revision),
-        hash: airlock_shared::api_key::ApiKeyHash::of(&marker),
-        functions: vec!["*".into()],
-        expires_at: None,
-    });
+    let marker = plane.fixture.next_revision_with_marker("golive");
+    let snapshot = &plane.fixture.snapshot;
     let probe = invoke_target(&plane.url, &fixture::function_name(0), &marker);
     let encode_started = Instant::now();
     let bytes = plane.spec.encoding.encode(snapshot)?.len();

@@ -21,7 +21,7 @@ pub struct Options {
     /// A short run with a small environment that only checks the harness works (CI).
     #[arg(long)]
     pub smoke: bool,
-    /// Seconds per load run (wrk and each oha rate).
+    /// Seconds per load run (wrk and each oha rate) [default: 10, 1 with --smoke].
     #[arg(long)]
     pub seconds: Option<u64>,
     /// Connections per load generator.
@@ -689,16 +689,8 @@ async fn republish(
     run: &str,
     airlock_url: &str,
 ) -> Result<Duration> {
-    let snapshot = &mut fixture.snapshot;
-    snapshot.revision += 1;
-    let marker = fixture::api_key(run, 900_000 + snapshot.revision as usize);
-    snapshot.api_keys.push(airlock_shared::wire::ApiKeyGrant {
-        id: uuid::Uuid::new_v4(),
-        name: format!("marker {}", snapshot.revision),
-        hash: airlock_shared::api_key::ApiKeyHash::of(&marker),
-        functions: vec!["*".into()],
-        expires_at: None,
-    });
+    let marker = fixture.next_revision_with_marker(run);
+    let snapshot = &fixture.snapshot;
     let probe = invoke_target(airlock_url, &fixture::function_name(0), &marker);
     let published = Instant::now();
     publisher.send(snapshot).await?;

@@ -33,8 +33,35 @@ pub fn is_body_mask(text: &str) -> bool {
     text == body_mask(text.len())
 }
 
-/// A free TCP port on 127.0.0.1 (the listener is closed again before the port is used).
+/// A free TCP port on 127.0.0.1 (the listener is closed again before the port is used),
+/// below the kernel's ephemeral range.
+///
+/// The port is only bound later, by the process it is given to, and tests start peers (an
+/// OAuth server, Airlock) in between. A port from the ephemeral range (what binding port 0
+/// returns) can be taken meanwhile by any outgoing connection of the tests running beside
+/// this one, as the kernel picks those from the same range ("Address already in use" at
+/// start). Below it, only a listener can take it; each test process starts its search at a
+/// random place, so two tests rarely try the same port.
 pub fn free_port() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    const LOWEST: u16 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_low.saturating_sub(LOWEST);
+    if span > 0 {
+        let start = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        for i in 0..u64::from(span) {
+            let port =
+                LOWEST + u16::try_from((start.wrapping_add(i)) % u64::from(span)).unwrap_or(0);
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
