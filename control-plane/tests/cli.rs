@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use airlock_e2e::free_port;
 use airlock_shared::seal::OpeningKey;
 use common::REDIS_URL;
 use serde_json::{json, Value};
@@ -304,14 +305,6 @@ async fn serve_publishes_to_redis_and_bootstraps_the_admin_token_once() {
         .await
         .unwrap();
     let _: () = redis::AsyncCommands::del(&mut redis, keys).await.unwrap();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

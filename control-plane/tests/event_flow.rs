@@ -7,6 +7,7 @@ mod common;
 use std::process::Stdio;
 use std::time::Duration;
 
+use airlock_e2e::free_port;
 use airlock_shared::events::{EventKind, GatewayEvent};
 use airlock_shared::keys::{RedisNames, EVENTS_GROUP};
 use airlock_shared::seal::OpeningKey;
@@ -105,14 +106,6 @@ async fn wait_for_events(url: &str, token: &str, filter: Value, count: usize) ->
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[tokio::test]

@@ -23,14 +23,8 @@ use base64::Engine as _;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use uuid::Uuid;
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+/// A port nobody listens on right now (below the ephemeral range: see the function).
+pub use airlock_e2e::free_port;
 
 /// One request as the upstream saw it.
 #[derive(Debug, Clone)]
