@@ -272,9 +272,6 @@ impl RedisSync {
         environment_id: Uuid,
         indexed_revision: Option<i64>,
     ) -> Result<(), SyncError> {
-        // What an earlier apply replaced and the reclaimer has not freed yet is not kept
-        // beside another decoded and compiled environment.
-        self.store.reclaimer().free_now();
         let started = std::time::Instant::now();
         let bytes: Option<Vec<u8>> = conn
             .get(self.names.environment_snapshot(&environment_id))
